@@ -1,0 +1,1 @@
+"""IISAN pipeline package."""

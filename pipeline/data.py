@@ -1,0 +1,54 @@
+"""Leave-one-out splits and training windows from sequences.parquet."""
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+
+
+@dataclass
+class EvalSplit:
+    """One evaluation target per user: the encoder input, the full history before it, the target."""
+    user_ids: list[str]
+    inputs: np.ndarray  # [U, max_history] item indices, left padded with 0
+    histories: list[np.ndarray]  # every item before the target (masked in ranking)
+    targets: np.ndarray  # [U]
+
+
+@dataclass
+class Splits:
+    train_windows: np.ndarray  # [U', max_history + 1] last training items, left padded
+    item_counts: np.ndarray  # [N+1] frequency of each item in the training parts
+    valid: EvalSplit
+    test: EvalSplit
+    num_items: int
+
+
+def left_pad(seq, length: int) -> np.ndarray:
+    seq = list(seq)[-length:]
+    return np.array([0] * (length - len(seq)) + seq, dtype=np.int64)
+
+
+def read_sequences(path) -> tuple[list[str], list[list[int]]]:
+    table = pq.read_table(path)
+    return table.column("user_id").to_pylist(), table.column("items").to_pylist()
+
+
+def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int, max_history: int = 10) -> Splits:
+    """Test target = last item, validation = second to last, training = the rest."""
+    windows, counts = [], np.zeros(num_items + 1, dtype=np.int64)
+    for seq in sequences:
+        train = seq[:-2]
+        np.add.at(counts, train, 1)
+        if len(train) >= 2:  # a window needs an input and a next item
+            windows.append(left_pad(train, max_history + 1))
+
+    def split(offset: int) -> EvalSplit:
+        histories = [np.array(s[:len(s) - offset], dtype=np.int64) for s in sequences]
+        return EvalSplit(
+            user_ids=list(user_ids),
+            inputs=np.stack([left_pad(h, max_history) for h in histories]),
+            histories=histories,
+            targets=np.array([s[len(s) - offset] for s in sequences], dtype=np.int64),
+        )
+
+    return Splits(np.stack(windows), counts, split(2), split(1), num_items)

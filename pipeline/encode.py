@@ -1,0 +1,232 @@
+"""encode: frozen backbone forward passes over all items -> a Zarr store of the kept layers.
+
+Store layout (one per dataset x encoder x kept states):
+- array `states`, shape (N+1, K, D), float16, row 0 = padding (zeros), row i = item_idx i;
+  chunked along items only, so disjoint item ranges are independent writes.
+- array `done`, one bool per chunk: set after the chunk's states are written (the resume unit).
+- attributes: model, weights fingerprint, kept states, pooling, max length, dtype, item-table
+  fingerprint, ... A store whose attributes differ from the request is refused, never reused.
+The work happens in `<out>.partial`; it is renamed to `<out>` once every chunk is done, so the
+output is complete or absent. Items are processed chunk by chunk with the same batches every
+time, so a resumed store is identical to an uninterrupted one.
+
+Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 0 2 4 6 --out X.zarr
+"""
+import argparse
+import hashlib
+import importlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import zarr
+from PIL import Image
+from tqdm import tqdm
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+from pipeline.files import sha256_file
+from pipeline.pooling import POOLERS
+
+FORMAT_VERSION = 1
+
+
+class CacheMismatch(RuntimeError):
+    pass
+
+
+def model_path(settings: dict) -> str:
+    """Hub id or folder for from_pretrained; `package` names a module with get_model_path()."""
+    if settings.get("package"):
+        return str(importlib.import_module(settings["package"]).get_model_path())
+    return settings["path"]
+
+
+def weights_fingerprint(path: str) -> str:
+    """Cheap identity of a local checkpoint: config + each weight file's size and first MiB."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"hub:{path}"
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt"):
+            h.update(f"{f.name}:{f.stat().st_size}:{sha256_file(f, limit=1 << 20)}".encode())
+    return h.hexdigest()[:16]
+
+
+def items_fingerprint(items) -> str:
+    h = hashlib.sha256()
+    for column in ("item_id", "title", "image"):
+        h.update(json.dumps(items.column(column).to_pylist()).encode())
+    return h.hexdigest()[:16]
+
+
+def store_attributes(settings: dict, states: list[int], items) -> dict:
+    path = model_path(settings)
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": settings.get("package") or settings["path"],
+        "weights_fingerprint": weights_fingerprint(path),
+        "modality": settings["modality"],
+        "kept_states": list(states),
+        "pooling": settings["pooling"],
+        "max_length": settings["max_length"] if settings["modality"] == "text" else None,
+        "hidden_size": settings["hidden_size"],
+        "dtype": "float16",
+        "items": items.num_rows,
+        "items_fingerprint": items_fingerprint(items),
+    }
+
+
+def check_attributes(found: dict, expected: dict, where: Path) -> None:
+    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+    if diff:
+        lines = "\n".join(f"  {k}: store has {a!r}, request is {b!r}" for k, (a, b) in diff.items())
+        raise CacheMismatch(
+            f"{where} was written for a different request and is not reused:\n{lines}\n"
+            f"Delete it to re-encode."
+        )
+
+
+def open_store(path: Path) -> zarr.Group:
+    """Open a finished cache read-only."""
+    return zarr.open_group(str(path), mode="r")
+
+
+class Backbone:
+    """A frozen encoder that maps a list of items to pooled kept states [B, K, D]."""
+
+    def __init__(self, settings: dict, states: list[int]):
+        path = model_path(settings)
+        self.settings, self.states = settings, list(states)
+        self.modality = settings["modality"]
+        self.pool = POOLERS[settings["pooling"]]
+        self.model = AutoModel.from_pretrained(path).eval()
+        config = self.model.config
+        layers = getattr(config, "num_hidden_layers", None)
+        width = getattr(config, "hidden_size", None)
+        if (layers, width) != (settings["layers"], settings["hidden_size"]):
+            raise ValueError(
+                f"{path}: the model has {layers} layers x {width}, the config says "
+                f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
+            )
+        if self.modality == "text":
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+        else:
+            self.processor = AutoImageProcessor.from_pretrained(path)
+
+    def sizes(self, items: list[dict]) -> list[int]:
+        """A length per item, used to group similar lengths into one batch."""
+        if self.modality == "text":
+            return [len(t) for t in self.tokenizer([i["title"] for i in items])["input_ids"]]
+        return [0] * len(items)
+
+    def inputs(self, items: list[dict]) -> dict:
+        if self.modality == "text":
+            return dict(self.tokenizer(
+                [i["title"] for i in items], padding=True, truncation=True,
+                max_length=self.settings["max_length"], return_tensors="pt",
+            ))
+        images = []
+        for i in items:
+            if not i["image"]:
+                raise ValueError(f"item {i['item_id']} has no image")
+            with Image.open(i["image"]) as im:
+                images.append(im.convert("RGB"))
+        return dict(self.processor(images=images, return_tensors="pt"))
+
+    @torch.inference_mode()
+    def __call__(self, items: list[dict]) -> np.ndarray:
+        batch = self.inputs(items)
+        out = self.model(**batch, output_hidden_states=True)
+        mask = batch.get("attention_mask")
+        hidden = out.hidden_states  # L+1 tensors [B, T, D]
+        if mask is None:
+            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long)
+        pooled = [self.pool(hidden[s], mask) for s in self.states]  # K x [B, D]
+        return torch.stack(pooled, dim=1).float().numpy()  # [B, K, D]
+
+
+def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
+           chunk_items: int = 256, on_chunk_done=None) -> dict:
+    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk."""
+    items = pq.read_table(items_parquet)
+    expected = store_attributes(settings, states, items)
+    if out.exists():
+        check_attributes(dict(open_store(out).attrs), expected | {"complete": True}, out)
+        print(f"{out} is complete; nothing to do")
+        return expected
+
+    partial = out.with_name(out.name + ".partial")
+    n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
+    n_chunks = -(-n_rows // chunk_items)
+    if partial.exists():
+        group = zarr.open_group(str(partial), mode="r+")
+        check_attributes(dict(group.attrs), expected | {"chunk_items": chunk_items}, partial)
+    else:
+        group = zarr.open_group(str(partial), mode="w")
+        group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
+                           dtype="float16", fill_value=0)
+        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+        group.attrs.update(expected | {"chunk_items": chunk_items, "complete": False})
+    states_array, done = group["states"], group["done"]
+
+    records = items.select(["item_id", "title", "image"]).to_pylist()
+    todo = [c for c in range(n_chunks) if not done[c]]
+    backbone = Backbone(settings, states) if todo else None
+    done_rows = sum(min(chunk_items, n_rows - c * chunk_items) for c in range(n_chunks) if c not in todo)
+    bar = tqdm(total=n_rows, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
+    start = time.perf_counter()
+    for c in todo:
+        lo, hi = c * chunk_items, min((c + 1) * chunk_items, n_rows)
+        block = np.zeros((hi - lo, n_states, width), dtype=np.float32)  # row 0 stays zero (padding)
+        rows = [r for r in range(lo, hi) if r > 0]
+        sizes = backbone.sizes([records[r - 1] for r in rows])
+        rows = [r for _, r in sorted(zip(sizes, rows))]  # similar lengths share a batch
+        for b in range(0, len(rows), settings["batch_size"]):
+            batch_rows = rows[b:b + settings["batch_size"]]
+            block[[r - lo for r in batch_rows]] = backbone([records[r - 1] for r in batch_rows])
+            bar.update(len(batch_rows))
+        if lo == 0:
+            bar.update(1)
+        states_array[lo:hi] = block.astype(np.float16)
+        done[c] = True
+        if on_chunk_done:
+            on_chunk_done(c)
+    bar.close()
+
+    if not all(done[:]):
+        raise RuntimeError(f"{partial}: some chunks are not done")
+    group.attrs["complete"] = True
+    group.attrs["encode_seconds"] = round(time.perf_counter() - start, 3)
+    partial.rename(out)
+    return expected
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=Path, required=True)
+    parser.add_argument("--settings", required=True, help="the encoder's config entry as JSON")
+    parser.add_argument("--states", type=int, nargs="+", required=True, help="kept hidden-state indices")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--chunk-items", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items)
+    except CacheMismatch as e:
+        raise SystemExit(f"encode: {e}")
+    print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "
+          f"{store_bytes(args.out)} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Full-ranking metrics: rank of the target among all items, HR@k and NDCG@k per user.
+
+Ties are counted against the target (pessimistic), so a constant scorer earns nothing.
+Two protocols for history masking:
+- reference: every item in the user's history is excluded; a target that repeats a history
+  item is therefore a miss (rank = inf), as in the reference implementation;
+- repeat_aware: history items are excluded except the target itself.
+"""
+import numpy as np
+import torch
+
+PROTOCOLS = ("reference", "repeat_aware")
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: list, protocol: str) -> torch.Tensor:
+    """scores [U, N+1] (column 0 = padding), targets [U] -> 1-based ranks [U] (inf for a miss)."""
+    scores = scores.clone().float()
+    scores[:, 0] = -torch.inf
+    target_scores = scores.gather(1, targets[:, None]).squeeze(1)  # [U]
+    hidden = torch.zeros_like(scores, dtype=torch.bool)
+    for u, history in enumerate(histories):
+        hidden[u, torch.as_tensor(history, dtype=torch.long)] = True
+    target_hidden = hidden.gather(1, targets[:, None]).squeeze(1)
+    if protocol == "repeat_aware":
+        hidden.scatter_(1, targets[:, None], False)
+        target_hidden[:] = False
+    elif protocol != "reference":
+        raise ValueError(f"unknown protocol {protocol!r}")
+    scores[hidden] = -torch.inf
+    ahead = (scores > target_scores[:, None]).sum(1)
+    tied = (scores == target_scores[:, None]).sum(1) - 1  # the target ties with itself
+    ranks = (1 + ahead + tied).double()
+    ranks[target_hidden | ~torch.isfinite(target_scores)] = torch.inf
+    return ranks
+
+
+def per_user_metrics(ranks: torch.Tensor, ks) -> dict[str, np.ndarray]:
+    out = {}
+    for k in ks:
+        hit = ranks <= k
+        out[f"hr@{k}"] = hit.double().numpy()
+        out[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 1), torch.zeros_like(ranks)).numpy()
+    return out
+
+
+def summarise(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    return {name: float(values.mean()) for name, values in per_user.items()}

@@ -1,0 +1,1 @@
+"""Model code: side-adapted networks, item encoders, the user encoder and the loss."""

@@ -1,0 +1,75 @@
+"""Item encoders over cached per-layer states: IISAN-Versa and the frozen-backbone baseline."""
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.models.san import InterSAN, IntraSAN
+
+
+@dataclass
+class TowerShape:
+    num_states: int  # kept hidden states K
+    dim: int  # hidden width D
+
+
+@dataclass
+class ItemEncoderConfig:
+    text: TowerShape | None
+    image: TowerShape | None
+    embed_dim: int = 64
+    sanb_dim: int = 64
+    gate_temperature: float = 0.1
+    use_intra: bool = True
+    use_inter: bool = True
+
+
+class IISANItemEncoder(nn.Module):
+    """e_item = FL([e_image : e_inter : e_text]) (eq. 1); each e is Linear(tower output -> d)."""
+
+    def __init__(self, cfg: ItemEncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.intra = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for name in ("image", "text"):
+            shape = getattr(cfg, name)
+            if shape and cfg.use_intra:
+                self.intra[name] = IntraSAN(shape.num_states, shape.dim, cfg.sanb_dim, cfg.gate_temperature)
+                self.heads[name] = nn.Linear(shape.dim, cfg.embed_dim)
+        self.inter = None
+        if cfg.text and cfg.image and cfg.use_inter:
+            states = min(cfg.text.num_states, cfg.image.num_states)
+            self.inter = InterSAN(states, cfg.text.dim, cfg.image.dim, cfg.sanb_dim, cfg.gate_temperature)
+            self.heads["inter"] = nn.Linear(self.inter.dim, cfg.embed_dim)
+        if not self.heads:
+            raise ValueError("the item encoder has no tower")
+        self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, text: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
+        # text [B, Kt, Dt], image [B, Ki, Di] -> [B, d]
+        parts = []
+        if "image" in self.intra:
+            parts.append(self.heads["image"](self.intra["image"](image)))
+        if self.inter is not None:
+            parts.append(self.heads["inter"](self.inter(text, image)))
+        if "text" in self.intra:
+            parts.append(self.heads["text"](self.intra["text"](text)))
+        return self.fusion(torch.cat(parts, dim=-1))
+
+
+class FrozenItemEncoder(nn.Module):
+    """Frozen backbone baseline: each tower's last cached state -> Linear -> d, then the fusion layer."""
+
+    def __init__(self, cfg: ItemEncoderConfig):
+        super().__init__()
+        self.heads = nn.ModuleDict({
+            name: nn.Linear(getattr(cfg, name).dim, cfg.embed_dim)
+            for name in ("image", "text") if getattr(cfg, name)
+        })
+        self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
+
+    def forward(self, text: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
+        states = {"text": text, "image": image}
+        parts = [head(states[name][:, -1]) for name, head in self.heads.items()]  # [B, d] each
+        return self.fusion(torch.cat(parts, dim=-1))

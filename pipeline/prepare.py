@@ -1,0 +1,151 @@
+"""prepare: raw dataset files -> canonical Parquet tables.
+
+Outputs (contract used by every later stage):
+- items.parquet: item_idx int32 1..N (0 is padding), item_id, title (HTML unescaped),
+  image (path or null). Only items that some kept user interacted with, in items-file order.
+- sequences.parquet: user_id, items list<int32> (chronological, whole sequence).
+  Leave-one-out: test target = last item, validation target = second to last, train = the rest.
+- stats.json: counts, and what was dropped and why.
+
+Input format `iisan-split`: users tsv `user<TAB>item item ...`, items tsv `item<TAB>title`,
+optional images folder with {item_id}.png/.jpg/.jpeg.
+
+Usage: python -m pipeline.prepare --users U --items I [--images DIR] --out-dir DIR
+"""
+import argparse
+import html
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.files import atomic_path, write_json
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataError(ValueError):
+    pass
+
+
+def _lines(path: Path):
+    """(line number, text) of a text file, with a clear error for undecodable bytes."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def read_items(path: Path) -> dict[str, str]:
+    """item_id -> title (unescaped). A line without a tab or a repeated id is an error."""
+    titles: dict[str, str] = {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        item_id, sep, title = line.partition("\t")
+        item_id = item_id.strip()
+        if not sep or not item_id:
+            raise DataError(f"{path}, line {number}: expected 'item_id<TAB>title', got {line[:80]!r}")
+        if item_id in titles:
+            raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
+        titles[item_id] = html.unescape(title).strip()
+    return titles
+
+
+def read_users(path: Path) -> list[tuple[str, list[str]]]:
+    users, seen = [], {}
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        user_id, sep, items = line.partition("\t")
+        user_id = user_id.strip()
+        if not sep or not user_id:
+            raise DataError(f"{path}, line {number}: expected 'user_id<TAB>item item ...', got {line[:80]!r}")
+        if user_id in seen:
+            raise DataError(f"{path}, line {number}: user '{user_id}' already on line {seen[user_id]}")
+        seen[user_id] = number
+        users.append((user_id, items.split()))
+    return users
+
+
+def find_images(images: Path | None, item_ids) -> dict[str, str]:
+    if images is None:
+        return {}
+    if not images.is_dir():
+        raise DataError(f"images folder {images} does not exist")
+    by_stem = {p.stem: str(p) for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {i: by_stem[i] for i in item_ids if i in by_stem}
+
+
+def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3):
+    """Return (items table, sequences table, stats)."""
+    titles = read_items(items_tsv)
+    users = read_users(users_tsv)
+    dropped = Counter()
+
+    kept_users = []
+    for user_id, items in users:
+        known = [i for i in items if i in titles]
+        dropped["interactions with an item missing from the items file"] += len(items) - len(known)
+        if len(known) < min_interactions:
+            dropped[f"users with fewer than {min_interactions} interactions"] += 1
+            continue
+        kept_users.append((user_id, known))
+
+    used = {i for _, items in kept_users for i in items}
+    dropped["items never interacted with by a kept user"] = len(titles) - len(used)
+    item_ids = [i for i in titles if i in used]
+    empty_titles = sum(1 for i in item_ids if not titles[i])
+    idx = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
+    image_of = find_images(images, item_ids)
+
+    items_table = pa.table({
+        "item_idx": pa.array(range(1, len(item_ids) + 1), pa.int32()),
+        "item_id": pa.array(item_ids, pa.string()),
+        "title": pa.array([titles[i] for i in item_ids], pa.string()),
+        "image": pa.array([image_of.get(i) for i in item_ids], pa.string()),
+    })
+    sequences = pa.table({
+        "user_id": pa.array([u for u, _ in kept_users], pa.string()),
+        "items": pa.array([[idx[i] for i in items] for _, items in kept_users], pa.list_(pa.int32())),
+    })
+    n_interactions = sum(len(items) for _, items in kept_users)
+    stats = {
+        "users": len(kept_users),
+        "items": len(item_ids),
+        "interactions": n_interactions,
+        "items_with_image": len(image_of),
+        "items_with_empty_title": empty_titles,
+        "repeat_interactions": sum(len(s) - len(set(s)) for _, s in kept_users),
+        "dropped": {reason: n for reason, n in dropped.items() if n},
+        "inputs": {"users": str(users_tsv), "items": str(items_tsv), "images": str(images) if images else None},
+    }
+    return items_table, sequences, stats
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=Path, required=True)
+    parser.add_argument("--items", type=Path, required=True)
+    parser.add_argument("--images", type=Path, default=None)
+    parser.add_argument("--min-interactions", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions)
+    except DataError as e:
+        raise SystemExit(f"prepare: {e}")
+    with atomic_path(args.out_dir / "items.parquet") as tmp:
+        pq.write_table(items, tmp)
+    with atomic_path(args.out_dir / "sequences.parquet") as tmp:
+        pq.write_table(sequences, tmp)
+    write_json(args.out_dir / "stats.json", stats)
+    print(json.dumps(stats, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Building a run's model, reading its caches, and scoring users against all items.
+
+Shared by train (validation during training) and evaluate.
+"""
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.encode import check_attributes, open_store
+from pipeline.metrics import per_user_metrics, summarise, target_ranks
+from pipeline.models.item_encoder import FrozenItemEncoder, IISANItemEncoder, ItemEncoderConfig, TowerShape
+from pipeline.models.recommender import Recommender
+from pipeline.models.user_encoder import UserEncoderConfig
+
+
+def build_model(run: dict) -> Recommender:
+    t = run["train"]
+    shapes = {name: TowerShape(len(tower["kept_states"]), tower["hidden_size"])
+              for name, tower in run["towers"].items()}
+    item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
+                                 sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"])
+    item_encoder = {"iisan": IISANItemEncoder, "frozen": FrozenItemEncoder}[run["method"]](item_cfg)
+    user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
+                                 max_len=t["max_history"], dropout=t["dropout"])
+    return Recommender(item_encoder, user_cfg)
+
+
+def param_groups(model: Recommender, t: dict) -> list[dict]:
+    """The reference's learning rates: user encoder and fusion, image and inter side, text side."""
+    groups = {"user": [], "image": [], "text": []}
+    for name, p in model.named_parameters():
+        if name.startswith("item_encoder.") and ".text." in name:
+            groups["text"].append(p)
+        elif name.startswith(("item_encoder.intra", "item_encoder.inter", "item_encoder.heads")):
+            groups["image"].append(p)
+        else:  # user encoder, fusion layer
+            groups["user"].append(p)
+    return [{"params": ps, "lr": t[f"lr_{g}"], "name": g} for g, ps in groups.items() if ps]
+
+
+def load_caches(run: dict, items_fingerprint: str) -> dict[str, torch.Tensor]:
+    """Each tower's cached states [N+1, K, D] (float16, in memory), checked against the run."""
+    caches = {}
+    for name, tower in run["towers"].items():
+        store = open_store(tower["cache"])
+        check_attributes(dict(store.attrs), {"complete": True, "kept_states": tower["kept_states"],
+                                             "hidden_size": tower["hidden_size"],
+                                             "items_fingerprint": items_fingerprint}, tower["cache"])
+        caches[name] = torch.from_numpy(store["states"][:])
+    return caches
+
+
+def gather(caches: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: states[ids].float() for name, states in caches.items()}
+
+
+@torch.no_grad()
+def all_item_embeddings(model: Recommender, caches: dict, num_items: int, batch: int = 4096) -> torch.Tensor:
+    ids = torch.arange(num_items + 1)
+    return torch.cat([model.embed_items(gather(caches, ids[i:i + batch])) for i in range(0, len(ids), batch)])
+
+
+@torch.no_grad()
+def model_scores(model: Recommender, item_embs: torch.Tensor, inputs: np.ndarray) -> torch.Tensor:
+    """inputs [U, L] left-padded item indices -> scores [U, N+1] from the last position's state."""
+    items = torch.as_tensor(inputs)
+    states = model.user_states(item_embs[items], items)[:, -1]  # [U, d]
+    return states @ item_embs.T
+
+
+def ranking_metrics(score_fn, split, ks, protocols, batch: int = 1024) -> tuple[dict, dict]:
+    """Summary and per-user metrics for every protocol; score_fn(rows) -> scores [len(rows), N+1]."""
+    per_user = {p: {} for p in protocols}
+    for lo in range(0, len(split.targets), batch):
+        rows = slice(lo, lo + batch)
+        scores = score_fn(rows)
+        targets = torch.as_tensor(split.targets[rows])
+        for p in protocols:
+            ranks = target_ranks(scores, targets, split.histories[rows], p)
+            for name, values in per_user_metrics(ranks, ks).items():
+                per_user[p].setdefault(name, []).append(values)
+    per_user = {p: {k: np.concatenate(v) for k, v in m.items()} for p, m in per_user.items()}
+    return {p: summarise(m) for p, m in per_user.items()}, per_user
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

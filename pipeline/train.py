@@ -1,0 +1,130 @@
+"""train: IISAN-Versa (or the frozen baseline) on cached states, early stopping on validation.
+
+Reads only the Zarr caches and the prepared tables. Writes, complete or not at all:
+- model.safetensors: the best epoch's weights (validation NDCG@10, reference protocol);
+- train_log.json: per-epoch loss, validation metrics and seconds, best epoch, peak memory,
+  parameter counts.
+
+Usage: python -m pipeline.train --run JSON --items ITEMS.parquet --sequences SEQ.parquet --out-dir DIR
+(--run is the resolved run from pipeline.config.resolve_run, as the Snakemake rule passes it.)
+"""
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from pipeline.data import make_splits, read_sequences
+from pipeline.encode import items_fingerprint
+from pipeline.files import atomic_path, write_json
+from pipeline.models.loss import in_batch_debiased_ce
+from pipeline.recommender import (all_item_embeddings, build_model, count_parameters, gather, load_caches,
+                                  model_scores, param_groups, ranking_metrics)
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_memory_bytes(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path, progress: bool = True) -> dict:
+    t = run["train"]
+    torch.manual_seed(t["seed"])
+    rng = np.random.default_rng(t["seed"])
+    dev = device()
+
+    items = pq.read_table(items_parquet)
+    user_ids, sequences = read_sequences(sequences_parquet)
+    splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
+    caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
+    model = build_model(run).to(dev)
+    optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
+    log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
+    windows = torch.as_tensor(splits.train_windows, device=dev)
+
+    def validation_ndcg() -> dict:
+        model.eval()
+        item_embs = all_item_embeddings(model, caches, splits.num_items)
+        summary, _ = ranking_metrics(lambda rows: model_scores(model, item_embs, splits.valid.inputs[rows]).cpu(),
+                                     splits.valid, ks=[10], protocols=["reference"], batch=t["eval_batch_size"])
+        return summary["reference"]
+
+    history, best, best_epoch, best_state, stale = [], -1.0, 0, None, 0
+    epochs = tqdm(range(1, t["max_epochs"] + 1), desc=f"train {run['dataset']}/{run['run']}",
+                  unit="epoch", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        start, losses = time.perf_counter(), []
+        order = torch.as_tensor(rng.permutation(len(windows)), device=dev)
+        for lo in range(0, len(windows), t["batch_size"]):
+            window = windows[order[lo:lo + t["batch_size"]]]  # [B, L+1]
+            unique, inverse = torch.unique(window, return_inverse=True)
+            embs = model.embed_items(gather(caches, unique))[inverse]  # [B, L+1, d]
+            states = model.user_states(embs[:, :-1], window[:, :-1])  # [B, L, d]
+            loss = in_batch_debiased_ce(states, embs, window, log_pop)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        seconds = time.perf_counter() - start
+        valid = validation_ndcg()
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 3),
+                        "valid_hr@10": valid["hr@10"], "valid_ndcg@10": valid["ndcg@10"]})
+        epochs.set_postfix(loss=f"{history[-1]['loss']:.3f}", ndcg10=f"{valid['ndcg@10']:.4f}", best=best_epoch)
+        if valid["ndcg@10"] > best:
+            best, best_epoch, stale = valid["ndcg@10"], epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= t["patience"]:
+                break
+
+    trainable, total = count_parameters(model)
+    log = {
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "best_valid_ndcg@10": best,
+        "seconds_per_epoch": statistics.median(h["seconds"] for h in history),
+        "peak_memory_bytes": peak_memory_bytes(dev),
+        "trainable_params": trainable,
+        "total_params": total,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "train_windows": len(windows),
+        "history": history,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp), metadata={"run": run["run"]})
+    write_json(out_dir / "train_log.json", log)
+    return log
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="resolved run settings as JSON")
+    parser.add_argument("--items", type=Path, required=True)
+    parser.add_argument("--sequences", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run's)")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    run = json.loads(args.run)
+    torch.set_num_threads(args.threads or run["train"]["threads"])
+    log = train(run, args.items, args.sequences, args.out_dir)
+    print(f"best epoch {log['best_epoch']} of {log['epochs']}, valid NDCG@10 {log['best_valid_ndcg@10']:.4f}, "
+          f"{log['seconds_per_epoch']:.2f} s/epoch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+# Helpers shared by the rules: the validated config, and functions from wildcards to files.
+import json
+from pathlib import Path
+
+from pipeline.config import ConfigError, load_config, resolve_run, raw_paths
+from pipeline.layerdrop import tag as states_tag
+
+_configfiles = [str(f) for f in workflow.configfiles]
+try:
+    CFG = load_config(
+        dict(config),
+        name=_configfiles[-1] if _configfiles else "config",
+        text=Path(_configfiles[0]).read_text() if len(_configfiles) == 1 else None,
+    )
+except ConfigError as e:
+    raise WorkflowError(f"invalid configuration: {e}")
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_-]+",
+    run=r"[A-Za-z0-9_-]+",
+    encoder=r"[A-Za-z0-9_-]+",
+    states=r"h\d+(-\d+)*",
+
+
+def default_targets():
+    return [f"results/{d}/{r}.json" for d, runs in CFG["default_targets"].items() for r in runs]
+
+
+def run_settings(wildcards):
+    """The resolved run, passed to the stage as JSON (a change re-runs the job)."""
+    return json.dumps(resolve_run(CFG, wildcards.dataset, wildcards.run), sort_keys=True)
+
+
+def dataset_inputs(wildcards):
+    ds = CFG["datasets"][wildcards.dataset]
+    files = {"users": ds["users"], "item_table": ds["items"]}
+    if ds["images"]:
+        files["images"] = ds["images"]
+    return files
+
+
+def encoder_settings(wildcards):
+    return json.dumps(CFG["encoders"][wildcards.encoder], sort_keys=True)
+
+
+def encoder_inputs(wildcards):
+    files = {"item_table": f"results/{wildcards.dataset}/items.parquet"}
+    if "build" in CFG["encoders"][wildcards.encoder]:
+        files["model"] = CFG["encoders"][wildcards.encoder]["path"]
+    return files
+
+
+def kept_states_arg(wildcards):
+    return " ".join(wildcards.states[1:].split("-"))
+
+
+def run_caches(wildcards):
+    run = resolve_run(CFG, wildcards.dataset, wildcards.run)
+    return [tower["cache"] for tower in run["towers"].values()]
+
+
+def tables(dataset):
+    return {"item_table": f"results/{dataset}/items.parquet", "sequences": f"results/{dataset}/sequences.parquet"}

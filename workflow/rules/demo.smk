@@ -1,0 +1,40 @@
+# The embedded demo: a synthetic dataset and random-initialised encoders.
+
+
+rule synth:
+    """Generate a synthetic dataset (users tsv, items tsv, one image per item) from its config."""
+    output:
+        users="results/{dataset}/raw/users.tsv",
+        item_table="results/{dataset}/raw/items.tsv",
+        images=directory("results/{dataset}/raw/images"),
+    params:
+        settings=lambda w: json.dumps(CFG["datasets"][w.dataset]["synthetic"], sort_keys=True),
+    log:
+        "results/logs/{dataset}/synth.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.synth --users {output.users} --items {output.item_table} "
+        "--images {output.images} --settings {params.settings:q} > {log} 2>&1"
+
+
+rule build_encoder:
+    """Save a random-initialised encoder with save_pretrained, to be loaded like a real one."""
+    output:
+        directory("results/models/{encoder}"),
+    params:
+        settings=encoder_settings,
+    log:
+        "results/logs/models/{encoder}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/models.yaml"
+    shell:
+        "python -m pipeline.build_encoder --settings {params.settings:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,30 @@
+
+
+rule encode:
+    """Frozen forward passes over all items; only the kept states go into the Zarr store.
+
+    Resumable: the work lives in <store>.partial until every chunk is written.
+    Uses a GPU when the job sees one (CUDA), else the CPU.
+    """
+    input:
+        unpack(encoder_inputs),
+    output:
+        directory("results/{dataset}/cache/{encoder}.{states}.zarr"),
+    params:
+        settings=encoder_settings,
+        states=kept_states_arg,
+        chunk_items=CFG["encode"]["chunk_items"],
+    log:
+        "results/logs/{dataset}/encode.{encoder}.{states}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/encode.{encoder}.{states}.tsv"
+    threads: CFG["encode"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/models.yaml"
+    shell:
+        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
+        "--states {params.states} --chunk-items {params.chunk_items} --threads {threads} "
+        "--out {output} > {log} 2>&1"

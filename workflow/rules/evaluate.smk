@@ -1,0 +1,32 @@
+
+
+def evaluate_inputs(wildcards):
+    files = tables(wildcards.dataset)
+    if CFG["runs"][wildcards.run]["method"] != "popularity":
+        files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
+        files["caches"] = run_caches(wildcards)
+    return files
+
+
+rule evaluate:
+    """Full ranking on validation and test -> results/{dataset}/{run}.json + per-user metrics."""
+    input:
+        unpack(evaluate_inputs),
+    output:
+        result="results/{dataset}/{run}.json",
+        per_user="results/{dataset}/{run}.per_user.parquet",
+    params:
+        run=run_settings,
+        model_dir=lambda w, input: f"--model-dir {Path(input.model).parent}" if "model" in input.keys() else "",
+    log:
+        "results/logs/{dataset}/evaluate.{run}.log",
+    threads: CFG["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.evaluate --run {params.run:q} --items {input.item_table} "
+        "--sequences {input.sequences} {params.model_dir} --threads {threads} "
+        "--out {output.result} --per-user {output.per_user} > {log} 2>&1"

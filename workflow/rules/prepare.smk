@@ -1,0 +1,24 @@
+
+
+rule prepare:
+    """Raw files -> items.parquet, sequences.parquet, stats.json (what was dropped and why)."""
+    input:
+        unpack(dataset_inputs),
+    output:
+        item_table="results/{dataset}/items.parquet",
+        sequences="results/{dataset}/sequences.parquet",
+        stats="results/{dataset}/stats.json",
+    params:
+        images=lambda w, input: f"--images {input.images}" if "images" in input.keys() else "",
+        min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
+    log:
+        "results/logs/{dataset}/prepare.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.prepare --users {input.users} --items {input.item_table} {params.images} "
+        "--min-interactions {params.min_interactions} --out-dir results/{wildcards.dataset} > {log} 2>&1"

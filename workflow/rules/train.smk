@@ -1,0 +1,26 @@
+
+
+rule train:
+    """IISAN-Versa (or the frozen baseline) on the cached states, early stopping on validation."""
+    input:
+        unpack(lambda w: tables(w.dataset)),
+        caches=run_caches,
+    output:
+        model="results/{dataset}/runs/{run}/model.safetensors",
+        log="results/{dataset}/runs/{run}/train_log.json",
+    params:
+        run=run_settings,
+    log:
+        "results/logs/{dataset}/train.{run}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/train.{run}.tsv"
+    threads: CFG["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.train --run {params.run:q} --items {input.item_table} "
+        "--sequences {input.sequences} --threads {threads} "
+        "--out-dir results/{wildcards.dataset}/runs/{wildcards.run} > {log} 2>&1"
