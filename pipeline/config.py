@@ -35,23 +35,21 @@ def _with_defaults(validator_class):
 
 
 def _line_of(text: str | None, path: list) -> int | None:
-    """1-based line of the deepest node of `path` that exists in the YAML text."""
+    """1-based line of the node at `path` in the YAML text, or None if it is not there."""
     if not text:
         return None
-    node = yaml.compose(text)
-    line = None
+    node, line = yaml.compose(text), None
     for key in path:
         if isinstance(node, yaml.MappingNode):
             match = [(k, v) for k, v in node.value if k.value == str(key)]
             if not match:
-                break
-            line = match[0][0].start_mark.line + 1
-            node = match[0][1]
+                return None
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
             line = node.start_mark.line + 1
         else:
-            break
+            return None
     return line
 
 

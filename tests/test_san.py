@@ -1,0 +1,78 @@
+import torch
+
+from pipeline.config import load_config, resolve_run
+from pipeline.models.item_encoder import IISANItemEncoder, ItemEncoderConfig, TowerShape
+from pipeline.models.san import SANB, Gate, InterSAN, IntraSAN
+from pipeline.recommender import build_model, param_groups
+
+
+def test_gates_start_at_one_half():
+    assert Gate(0.1)().item() == 0.5
+    tower = IntraSAN(num_states=4, dim=8, bottleneck=2, temperature=0.1)
+    assert all(g().item() == 0.5 for g in tower.gates)
+
+
+def test_sanb_init_and_residual():
+    torch.manual_seed(0)
+    block = SANB(dim=256, bottleneck=64)
+    assert torch.all(block.down.bias == 0) and torch.all(block.up.bias == 0)
+    assert abs(block.down.weight.std().item() - 0.01) < 0.001
+    x = torch.randn(3, 256)
+    assert torch.allclose(block(x), x + block.up(torch.relu(block.down(x))))
+
+
+def test_intra_tower_follows_the_recurrence():
+    torch.manual_seed(0)
+    tower = IntraSAN(num_states=3, dim=4, bottleneck=2, temperature=0.1)
+    with torch.no_grad():
+        for g, v in zip(tower.gates, (0.3, -0.2, 0.1)):
+            g.param.fill_(v)
+    h = torch.randn(5, 3, 4)
+    s = torch.zeros(5, 4)
+    for k in range(3):
+        g = torch.sigmoid(torch.tensor((0.3, -0.2, 0.1)[k]) / 0.1)
+        s = tower.blocks[k](g * h[:, k] + (1 - g) * s)
+    assert torch.allclose(tower(h), s)
+
+
+def test_inter_tower_uses_dtl_on_the_wider_modality_and_last_states():
+    torch.manual_seed(0)
+    tower = InterSAN(num_states=2, text_dim=16, image_dim=8, bottleneck=4, temperature=0.1)
+    assert tower.image_dtl is None and len(tower.text_dtl) == 2 and tower.dim == 8
+    text, image = torch.randn(3, 5, 16), torch.randn(3, 2, 8)  # text keeps more states
+    m = torch.zeros(3, 8)
+    for k in range(2):
+        x_text = tower.text_dtl[k](text[:, 3 + k])
+        m = tower.blocks[k](m + 0.5 * image[:, k] + 0.5 * x_text)
+    assert torch.allclose(tower(text, image), m)
+
+
+def test_item_encoder_fuses_three_towers():
+    cfg = ItemEncoderConfig(text=TowerShape(3, 16), image=TowerShape(3, 8), embed_dim=6, sanb_dim=4)
+    enc = IISANItemEncoder(cfg)
+    assert enc.fusion.in_features == 18
+    out = enc(torch.randn(7, 3, 16), torch.randn(7, 3, 8))
+    assert out.shape == (7, 6)
+    text_only = IISANItemEncoder(ItemEncoderConfig(text=TowerShape(3, 16), image=None, embed_dim=6))
+    assert text_only.inter is None and text_only(torch.randn(2, 3, 16), None).shape == (2, 6)
+
+
+def test_learning_rate_groups():
+    cfg = load_config({
+        "datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
+        "encoders": {"t": {"path": "x", "modality": "text", "layers": 4, "hidden_size": 16},
+                     "v": {"path": "y", "modality": "image", "layers": 2, "hidden_size": 8}},
+        "runs": {"r": {"method": "iisan", "text": "t", "image": "v", "layerdrop": "group"}},
+    })
+    model = build_model(resolve_run(cfg, "d", "r"))
+    groups = {g["name"]: g for g in param_groups(model, cfg["train"])}
+    names = {id(p): n for n, p in model.named_parameters()}
+    text_names = {names[id(p)] for p in groups["text"]["params"]}
+    image_names = {names[id(p)] for p in groups["image"]["params"]}
+    user_names = {names[id(p)] for p in groups["user"]["params"]}
+    assert groups["text"]["lr"] == 5e-5 and groups["image"]["lr"] == 1e-4 and groups["user"]["lr"] == 2e-4
+    assert all(".text." in n for n in text_names)
+    assert any("text_dtl" in n for n in image_names)  # the DTL belongs to the inter tower
+    assert {n.split(".")[0] for n in user_names} == {"user_encoder", "item_encoder"}
+    assert all(n.startswith("user_encoder") or n.startswith("item_encoder.fusion") for n in user_names)
+    assert len(text_names | image_names | user_names) == len(names)
