@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	snakemake --cores 1
+	snakemake --cores 1 --workflow-profile workflow/profiles/default
 
 test: setup
 	python -m pytest

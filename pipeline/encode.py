@@ -104,7 +104,8 @@ class Backbone:
         self.settings, self.states = settings, list(states)
         self.modality = settings["modality"]
         self.pool = POOLERS[settings["pooling"]]
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModel.from_pretrained(path).eval().to(self.device)
         config = self.model.config
         layers = getattr(config, "num_hidden_layers", None)
         width = getattr(config, "hidden_size", None)
@@ -140,14 +141,14 @@ class Backbone:
 
     @torch.inference_mode()
     def __call__(self, items: list[dict]) -> np.ndarray:
-        batch = self.inputs(items)
+        batch = {k: v.to(self.device) for k, v in self.inputs(items).items()}
         out = self.model(**batch, output_hidden_states=True)
         mask = batch.get("attention_mask")
         hidden = out.hidden_states  # L+1 tensors [B, T, D]
         if mask is None:
-            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long)
+            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long, device=self.device)
         pooled = [self.pool(hidden[s], mask) for s in self.states]  # K x [B, D]
-        return torch.stack(pooled, dim=1).float().numpy()  # [B, K, D]
+        return torch.stack(pooled, dim=1).float().cpu().numpy()  # [B, K, D]
 
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,

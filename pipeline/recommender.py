@@ -56,14 +56,14 @@ def gather(caches: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torc
 
 @torch.no_grad()
 def all_item_embeddings(model: Recommender, caches: dict, num_items: int, batch: int = 4096) -> torch.Tensor:
-    ids = torch.arange(num_items + 1)
+    ids = torch.arange(num_items + 1, device=next(iter(caches.values())).device)
     return torch.cat([model.embed_items(gather(caches, ids[i:i + batch])) for i in range(0, len(ids), batch)])
 
 
 @torch.no_grad()
 def model_scores(model: Recommender, item_embs: torch.Tensor, inputs: np.ndarray) -> torch.Tensor:
     """inputs [U, L] left-padded item indices -> scores [U, N+1] from the last position's state."""
-    items = torch.as_tensor(inputs)
+    items = torch.as_tensor(inputs, device=item_embs.device)
     states = model.user_states(item_embs[items], items)[:, -1]  # [U, d]
     return states @ item_embs.T
 
