@@ -9,7 +9,7 @@ Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-d
 import argparse
 import json
 import platform
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,13 @@ from pipeline.metrics import PROTOCOLS
 from pipeline.recommender import all_item_embeddings, build_model, load_caches, model_scores, ranking_metrics
 
 PACKAGES = ("torch", "transformers", "zarr", "numpy", "pyarrow", "snakemake")
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:  # the library also runs without Snakemake
+        return None
 
 
 def scorer(run: dict, items, splits, model_dir: Path | None):
@@ -83,7 +90,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
             "device": log.get("device", "cpu"),
         },
         "config": run,
-        "versions": {"python": platform.python_version(), **{p: version(p) for p in PACKAGES}},
+        "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
     }
     with atomic_path(per_user_parquet) as tmp:
         pq.write_table(pa.concat_tables(tables), tmp)
