@@ -5,6 +5,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 
+class DataError(ValueError):
+    pass
+
+
 @dataclass
 class EvalSplit:
     """One evaluation target per user: the encoder input, the full history before it, the target."""
@@ -36,6 +40,9 @@ def read_sequences(path) -> tuple[list[str], list[list[int]]]:
 def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int, max_history: int = 10) -> Splits:
     """Test target = last item, validation = second to last, training = the rest."""
     windows, counts = [], np.zeros(num_items + 1, dtype=np.int64)
+    short = [u for u, seq in zip(user_ids, sequences) if len(seq) < 3]
+    if short:
+        raise DataError(f"{len(short)} users (e.g. '{short[0]}') have fewer than 3 items; leave-one-out needs 3")
     for seq in sequences:
         train = seq[:-2]
         np.add.at(counts, train, 1)
@@ -51,4 +58,5 @@ def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int,
             targets=np.array([s[len(s) - offset] for s in sequences], dtype=np.int64),
         )
 
-    return Splits(np.stack(windows), counts, split(2), split(1), num_items)
+    windows = np.stack(windows) if windows else np.zeros((0, max_history + 1), dtype=np.int64)
+    return Splits(windows, counts, split(2), split(1), num_items)

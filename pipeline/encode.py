@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -34,7 +33,11 @@ from pipeline.pooling import POOLERS
 FORMAT_VERSION = 1
 
 
-class CacheMismatch(RuntimeError):
+class EncodeError(ValueError):
+    """Bad input or settings, reported without a traceback by the command line."""
+
+
+class CacheMismatch(EncodeError):
     pass
 
 
@@ -110,12 +113,18 @@ class Backbone:
         layers = getattr(config, "num_hidden_layers", None)
         width = getattr(config, "hidden_size", None)
         if (layers, width) != (settings["layers"], settings["hidden_size"]):
-            raise ValueError(
+            raise EncodeError(
                 f"{path}: the model has {layers} layers x {width}, the config says "
                 f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
             )
         if self.modality == "text":
             self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer.padding_side = "right"  # the poolers expect real tokens first
+            if self.tokenizer.pad_token is None:  # decoder LLMs (Llama, Mistral) ship without one
+                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+            # The reference's unmasked mean averages over all max_length positions, so every
+            # title is padded to max_length: the result must not depend on its batch-mates.
+            self.padding = "max_length" if settings["pooling"] == "mean_unmasked" else True
         else:
             self.processor = AutoImageProcessor.from_pretrained(path)
 
@@ -128,15 +137,18 @@ class Backbone:
     def inputs(self, items: list[dict]) -> dict:
         if self.modality == "text":
             return dict(self.tokenizer(
-                [i["title"] for i in items], padding=True, truncation=True,
+                [i["title"] for i in items], padding=self.padding, truncation=True,
                 max_length=self.settings["max_length"], return_tensors="pt",
             ))
         images = []
         for i in items:
             if not i["image"]:
-                raise ValueError(f"item {i['item_id']} has no image")
-            with Image.open(i["image"]) as im:
-                images.append(im.convert("RGB"))
+                raise EncodeError(f"item {i['item_id']} has no image")
+            try:
+                with Image.open(i["image"]) as im:
+                    images.append(im.convert("RGB"))
+            except OSError as e:
+                raise EncodeError(f"item {i['item_id']}: cannot read image {i['image']}: {e}") from e
         return dict(self.processor(images=images, return_tensors="pt"))
 
     @torch.inference_mode()
@@ -155,6 +167,9 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
            chunk_items: int = 256, on_chunk_done=None) -> dict:
     """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk."""
     items = pq.read_table(items_parquet)
+    bad = [s for s in states if not 0 <= s <= settings["layers"]]
+    if bad or list(states) != sorted(set(states)):
+        raise EncodeError(f"kept states {list(states)} must increase within 0..{settings['layers']}")
     expected = store_attributes(settings, states, items)
     if out.exists():
         check_attributes(dict(open_store(out).attrs), expected | {"complete": True}, out)
@@ -176,9 +191,10 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
     states_array, done = group["states"], group["done"]
 
     records = items.select(["item_id", "title", "image"]).to_pylist()
-    todo = [c for c in range(n_chunks) if not done[c]]
+    done_flags = done[:]
+    todo = [c for c in range(n_chunks) if not done_flags[c]]
     backbone = Backbone(settings, states) if todo else None
-    done_rows = sum(min(chunk_items, n_rows - c * chunk_items) for c in range(n_chunks) if c not in todo)
+    done_rows = sum(min(chunk_items, n_rows - c * chunk_items) for c in range(n_chunks) if done_flags[c])
     bar = tqdm(total=n_rows, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
     start = time.perf_counter()
     for c in todo:
@@ -223,7 +239,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     try:
         attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items)
-    except CacheMismatch as e:
+    except EncodeError as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "
           f"{store_bytes(args.out)} bytes")

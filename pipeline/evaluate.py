@@ -6,23 +6,21 @@ significance tests). Methods: a trained model (iisan, frozen) or popularity (tra
 
 Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-dir DIR] --out X.json
 """
-import argparse
-import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from pipeline.data import make_splits, read_sequences
-from pipeline.encode import items_fingerprint, store_bytes
+from pipeline.data import DataError, make_splits, read_sequences
+from pipeline.encode import EncodeError, items_fingerprint, store_bytes
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
-from pipeline.recommender import all_item_embeddings, build_model, load_caches, model_scores, ranking_metrics
+from pipeline.run import (all_item_embeddings, build_model, load_caches, model_scores,
+                                  parse_run_arguments, ranking_metrics, run_arguments)
 
 PACKAGES = ("torch", "transformers", "zarr", "numpy", "pyarrow", "snakemake")
 
@@ -99,18 +97,18 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="resolved run settings as JSON")
-    parser.add_argument("--items", type=Path, required=True)
-    parser.add_argument("--sequences", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run's)")
+    parser = run_arguments(__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=None, help="train output (not for popularity)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-user", type=Path, required=True)
-    args = parser.parse_args(argv)
-    run = json.loads(args.run)
-    torch.set_num_threads(args.threads or run["train"]["threads"])
-    result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user)
+    args = parse_run_arguments(parser, argv)
+    run = args.run
+    if run["method"] != "popularity" and args.model_dir is None:
+        parser.error(f"--model-dir is required for method '{run['method']}'")
+    try:
+        result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user)
+    except (EncodeError, DataError) as e:
+        raise SystemExit(f"evaluate: {e}")
     for split in ("valid", "test"):
         m = result["metrics"][split]
         print(f"{run['dataset']}/{run['run']} {split}: " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))

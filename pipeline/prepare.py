@@ -21,13 +21,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data import DataError
 from pipeline.files import atomic_path, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    pass
 
 
 def _lines(path: Path):
@@ -40,16 +37,22 @@ def _lines(path: Path):
                 raise DataError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
 
 
-def read_items(path: Path) -> dict[str, str]:
-    """item_id -> title (unescaped). A line without a tab or a repeated id is an error."""
-    titles: dict[str, str] = {}
+def _tab_records(path: Path, expected: str):
+    """(line number, key, rest) of each non-blank `key<TAB>rest` line; a malformed line is an error."""
     for number, line in _lines(path):
         if not line.strip():
             continue
-        item_id, sep, title = line.partition("\t")
-        item_id = item_id.strip()
-        if not sep or not item_id:
-            raise DataError(f"{path}, line {number}: expected 'item_id<TAB>title', got {line[:80]!r}")
+        key, sep, rest = line.partition("\t")
+        key = key.strip()
+        if not sep or not key:
+            raise DataError(f"{path}, line {number}: expected '{expected}', got {line[:80]!r}")
+        yield number, key, rest
+
+
+def read_items(path: Path) -> dict[str, str]:
+    """item_id -> title (unescaped). A line without a tab or a repeated id is an error."""
+    titles: dict[str, str] = {}
+    for number, item_id, title in _tab_records(path, "item_id<TAB>title"):
         if item_id in titles:
             raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
         titles[item_id] = html.unescape(title).strip()
@@ -58,13 +61,7 @@ def read_items(path: Path) -> dict[str, str]:
 
 def read_users(path: Path) -> list[tuple[str, list[str]]]:
     users, seen = [], {}
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        user_id, sep, items = line.partition("\t")
-        user_id = user_id.strip()
-        if not sep or not user_id:
-            raise DataError(f"{path}, line {number}: expected 'user_id<TAB>item item ...', got {line[:80]!r}")
+    for number, user_id, items in _tab_records(path, "user_id<TAB>item item ..."):
         if user_id in seen:
             raise DataError(f"{path}, line {number}: user '{user_id}' already on line {seen[user_id]}")
         seen[user_id] = number
@@ -135,6 +132,8 @@ def main(argv=None):
     parser.add_argument("--min-interactions", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.min_interactions < 3:
+        parser.error("--min-interactions must be at least 3 (leave-one-out needs a train, a validation and a test item)")
     try:
         items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions)
     except DataError as e:

@@ -8,8 +8,6 @@ Reads only the Zarr caches and the prepared tables. Writes, complete or not at a
 Usage: python -m pipeline.train --run JSON --items ITEMS.parquet --sequences SEQ.parquet --out-dir DIR
 (--run is the resolved run from pipeline.config.resolve_run, as the Snakemake rule passes it.)
 """
-import argparse
-import json
 import resource
 import statistics
 import time
@@ -21,12 +19,13 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.data import make_splits, read_sequences
-from pipeline.encode import items_fingerprint
+from pipeline.data import DataError, make_splits, read_sequences
+from pipeline.encode import EncodeError, items_fingerprint
 from pipeline.files import atomic_path, write_json
 from pipeline.models.loss import in_batch_debiased_ce
-from pipeline.recommender import (all_item_embeddings, build_model, count_parameters, gather, load_caches,
-                                  model_scores, param_groups, ranking_metrics)
+from pipeline.run import (all_item_embeddings, build_model, count_parameters, gather, load_caches,
+                                  model_scores, param_groups, parse_run_arguments, ranking_metrics,
+                                  run_arguments)
 
 
 def device() -> torch.device:
@@ -48,6 +47,8 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     items = pq.read_table(items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
+    if len(splits.train_windows) == 0:
+        raise DataError("no user has 2 training items (4 interactions): nothing to train on")
     caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
     model = build_model(run).to(dev)
     optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
@@ -91,6 +92,8 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
             if stale >= t["patience"]:
                 break
 
+    if best_state is None:
+        raise RuntimeError(f"validation NDCG@10 was not a number in any of {len(history)} epochs; check the caches")
     trainable, total = count_parameters(model)
     log = {
         "epochs": len(history),
@@ -112,16 +115,13 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="resolved run settings as JSON")
-    parser.add_argument("--items", type=Path, required=True)
-    parser.add_argument("--sequences", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the run's)")
+    parser = run_arguments(__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
-    args = parser.parse_args(argv)
-    run = json.loads(args.run)
-    torch.set_num_threads(args.threads or run["train"]["threads"])
-    log = train(run, args.items, args.sequences, args.out_dir)
+    args = parse_run_arguments(parser, argv)
+    try:
+        log = train(args.run, args.items, args.sequences, args.out_dir)
+    except (EncodeError, DataError) as e:
+        raise SystemExit(f"train: {e}")
     print(f"best epoch {log['best_epoch']} of {log['epochs']}, valid NDCG@10 {log['best_valid_ndcg@10']:.4f}, "
           f"{log['seconds_per_epoch']:.2f} s/epoch")
 

@@ -1,4 +1,3 @@
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +40,12 @@ def item_table(tmp_path) -> Path:
                       "image": images})
     pq.write_table(table, tmp_path / "items.parquet")
     return tmp_path / "items.parquet"
+
+
+def write_sequences(path: Path, n_users: int, n_items: int = 11, seed: int = 0) -> Path:
+    """Random user sequences of 3-8 items over item_idx 1..n_items, as prepare writes them."""
+    rng = np.random.default_rng(seed)
+    sequences = [[int(i) for i in rng.integers(1, n_items + 1, size=rng.integers(3, 9))] for _ in range(n_users)]
+    pq.write_table(pa.table({"user_id": [f"u{i}" for i in range(n_users)],
+                             "items": pa.array(sequences, pa.list_(pa.int32()))}), path)
+    return path

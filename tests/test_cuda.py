@@ -1,7 +1,5 @@
 """Encode and train on a CUDA device (skipped where torch sees no GPU)."""
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
@@ -10,6 +8,8 @@ from pipeline.config import load_config, resolve_run
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
 from pipeline.train import train
+
+from conftest import write_sequences
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -26,10 +26,7 @@ def test_cuda_encode_matches_cpu(tiny_vit, item_table, tmp_path, monkeypatch):
 
 def test_cuda_train_and_evaluate(tiny_vit, item_table, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    sequences = [[int(i) for i in rng.integers(1, 12, size=rng.integers(3, 9))] for _ in range(40)]
-    pq.write_table(pa.table({"user_id": [f"u{i}" for i in range(40)],
-                             "items": pa.array(sequences, pa.list_(pa.int32()))}), tmp_path / "sequences.parquet")
+    write_sequences(tmp_path / "sequences.parquet", n_users=40)
     cfg = load_config({
         "datasets": {"t": {"format": "iisan-split", "users": "u", "items": "i"}},
         "encoders": {"vit": {k: v for k, v in tiny_vit.items() if k != "build"}},

@@ -1,4 +1,7 @@
+import json
+
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -7,6 +10,7 @@ from PIL import Image
 from transformers import AutoModel, AutoTokenizer, ViTImageProcessor
 
 from pipeline.encode import CacheMismatch, encode, model_path
+from pipeline.encode import main as encode_main
 from pipeline.pooling import POOLERS
 
 from conftest import MINILM
@@ -50,6 +54,34 @@ def test_text_states_match_minilm_and_batches_do_not_matter(item_table, tmp_path
     np.testing.assert_allclose(states(tmp_path / "a.zarr")[4, 1].astype(np.float32), hidden[6][0, 0].numpy(),
                                atol=5e-3, rtol=1e-2)
     assert a["max_length"] == 30
+
+
+def test_unmasked_mean_pads_every_title_to_max_length(item_table, tmp_path):
+    settings = MINILM | {"pooling": "mean_unmasked", "max_length": 12}
+    encode(item_table, settings | {"batch_size": 1}, [6], tmp_path / "a.zarr", chunk_items=5)
+    encode(item_table, settings | {"batch_size": 16}, [6], tmp_path / "b.zarr", chunk_items=5)
+    a, b = states(tmp_path / "a.zarr"), states(tmp_path / "b.zarr")
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
+    path = model_path(MINILM)
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    title = pq.read_table(item_table).column("title").to_pylist()[0]
+    batch = tok([title], padding="max_length", max_length=12, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[6]  # [1, 12, 384]
+    np.testing.assert_allclose(a[1, 0].astype(np.float32), hidden[0].mean(0).numpy(), atol=5e-3)
+
+
+def test_missing_image_is_a_clear_error(tiny_vit, item_table, tmp_path):
+    table = pq.read_table(item_table)
+    images = table.column("image").to_pylist()
+    images[3] = None
+    pq.write_table(table.set_column(3, "image", pa.array(images, pa.string())), tmp_path / "holes.parquet")
+    with pytest.raises(SystemExit, match="encode: item I3 has no image"):
+        encode_main(["--items", str(tmp_path / "holes.parquet"), "--settings", json.dumps(tiny_vit),
+                     "--states", "0", "4", "--out", str(tmp_path / "x.zarr")])
+    with pytest.raises(SystemExit, match=r"kept states \[0, 9\] must increase within 0..4"):
+        encode_main(["--items", str(item_table), "--settings", json.dumps(tiny_vit),
+                     "--states", "0", "9", "--out", str(tmp_path / "y.zarr")])
 
 
 def test_resume_after_interruption_gives_the_same_store(tiny_vit, item_table, tmp_path):

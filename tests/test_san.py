@@ -3,7 +3,7 @@ import torch
 from pipeline.config import load_config, resolve_run
 from pipeline.models.item_encoder import IISANItemEncoder, ItemEncoderConfig, TowerShape
 from pipeline.models.san import SANB, Gate, InterSAN, IntraSAN
-from pipeline.recommender import build_model, param_groups
+from pipeline.run import build_model, param_groups
 
 
 def test_gates_start_at_one_half():

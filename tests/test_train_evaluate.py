@@ -1,6 +1,6 @@
 import json
+import math
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -9,31 +9,32 @@ from safetensors.torch import load_file
 from pipeline.config import load_config, resolve_run
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
-from pipeline.recommender import build_model
+from pipeline.run import build_model
 from pipeline.train import train
 
-from conftest import MINILM
+from conftest import MINILM, write_sequences
 
 
 @pytest.fixture
 def tiny_run(tmp_path, item_table, tiny_vit, monkeypatch):
     """A VA run (MiniLM 384 wide x ViT 32 wide) on 11 items and 30 users, caches encoded for real."""
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    sequences = [[int(i) for i in rng.integers(1, 12, size=rng.integers(3, 9))] for _ in range(30)]
-    pq.write_table(pa.table({"user_id": [f"u{i}" for i in range(30)],
-                             "items": pa.array(sequences, pa.list_(pa.int32()))}), tmp_path / "sequences.parquet")
+    write_sequences(tmp_path / "sequences.parquet", n_users=30)
     cfg = load_config({
         "datasets": {"t": {"format": "iisan-split", "users": "u", "items": "i"}},
         "encoders": {"minilm": MINILM, "vit": {k: v for k, v in tiny_vit.items() if k != "build"}},
         "runs": {"va": {"method": "iisan", "text": "minilm", "image": "vit", "layerdrop": "group",
                         "train": {"max_epochs": 3, "batch_size": 8}},
+                 "still": {"method": "iisan", "image": "vit", "train": {
+                     "max_epochs": 20, "patience": 2, "lr_user": 1e-30, "lr_image": 1e-30, "lr_text": 1e-30}},
                  "frozen": {"method": "frozen", "text": "minilm", "image": "vit", "train": {"max_epochs": 2}},
                  "pop": {"method": "popularity"}},
     })
     runs = {name: resolve_run(cfg, "t", name) for name in cfg["runs"]}
     for tower, enc in (("text", MINILM), ("image", tiny_vit)):
-        for run in (runs["va"], runs["frozen"]):
+        for run in (runs["va"], runs["frozen"], runs["still"]):
+            if tower not in run["towers"]:
+                continue
             t = run["towers"][tower]
             if not (tmp_path / t["cache"]).exists():
                 encode(item_table, enc, t["kept_states"], tmp_path / t["cache"], chunk_items=4)
@@ -76,3 +77,33 @@ def test_popularity_ranks_by_training_counts(tiny_run, tmp_path):
     result = evaluate(runs["pop"], items, sequences, None, tmp_path / "p.json", tmp_path / "p.parquet")
     assert result["efficiency"]["trainable_params"] == 0 and result["epochs"] is None
     assert 0 <= result["metrics"]["test"]["hr@20"] <= 1
+
+
+def test_early_stopping_after_patience_epochs_without_gain(tiny_run, tmp_path):
+    runs, items, sequences = tiny_run
+    # Learning rates of 1e-30 leave the weights, hence validation NDCG@10, unchanged: epoch 1 is
+    # the best and training stops `patience` epochs later.
+    log = train(runs["still"], items, sequences, tmp_path / "still", progress=False)
+    assert (log["epochs"], log["best_epoch"]) == (3, 1)
+    assert len({h["valid_ndcg@10"] for h in log["history"]}) == 1
+
+
+def test_popularity_by_hand(tmp_path):
+    items = tmp_path / "items.parquet"
+    pq.write_table(pa.table({"item_idx": pa.array([1, 2, 3, 4], pa.int32()), "item_id": list("abcd"),
+                             "title": list("abcd"), "image": pa.array([None] * 4, pa.string())}), items)
+    sequences = tmp_path / "sequences.parquet"
+    pq.write_table(pa.table({"user_id": ["u0", "u1"],
+                             "items": pa.array([[1, 2, 1, 3, 4], [1, 1, 2, 2, 3]], pa.list_(pa.int32()))}), sequences)
+    cfg = load_config({"datasets": {"t": {"format": "iisan-split", "users": "u", "items": "i"}},
+                       "encoders": {}, "runs": {"pop": {"method": "popularity"}}, "evaluate": {"ks": [1, 5]}})
+    result = evaluate(resolve_run(cfg, "t", "pop"), items, sequences, None, tmp_path / "p.json", tmp_path / "p.parquet")
+    # training counts: item 1 -> 4, item 2 -> 2, items 3 and 4 -> 0.
+    # test: u0 target 4 with 1, 2, 3 masked -> rank 1; u1 target 3 with 1, 2 masked, tied with 4 -> rank 2.
+    assert result["metrics"]["test"]["hr@1"] == 0.5
+    assert result["metrics"]["test"]["ndcg@5"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+    # valid: u0 target 3 (1, 2 masked, tied with 4) -> rank 2; u1 target 2 repeats its history:
+    # a miss for the reference protocol, rank 1 (item 1 masked) for the repeat-aware one.
+    assert result["metrics"]["valid"]["hr@5"] == 0.5
+    assert result["metrics_repeat_aware"]["valid"]["hr@1"] == 0.5
+    assert result["metrics_repeat_aware"]["valid"]["hr@5"] == 1.0

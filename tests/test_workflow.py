@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -63,6 +62,14 @@ def test_config_error_stops_before_any_job(tmp_path):
     assert failed.returncode != 0
     assert "config.yaml, line 15: key 'runs.va.layerdrop'" in failed.stdout + failed.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_config_error_names_the_overriding_file(tmp_path):
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    (tmp_path / "mine.yaml").write_text("runs:\n  va:\n    layerdrop: grup\n")
+    failed = snakemake(tmp_path, "--cores", "1", "-n", "--configfile", str(tmp_path / "mine.yaml"))
+    assert failed.returncode != 0
+    assert "mine.yaml, line 3: key 'runs.va.layerdrop'" in failed.stdout + failed.stderr
 
 
 def test_lint_is_clean():

@@ -20,8 +20,6 @@ class ItemEncoderConfig:
     embed_dim: int = 64
     sanb_dim: int = 64
     gate_temperature: float = 0.1
-    use_intra: bool = True
-    use_inter: bool = True
 
 
 class IISANItemEncoder(nn.Module):
@@ -34,11 +32,11 @@ class IISANItemEncoder(nn.Module):
         self.heads = nn.ModuleDict()
         for name in ("image", "text"):
             shape = getattr(cfg, name)
-            if shape and cfg.use_intra:
+            if shape:
                 self.intra[name] = IntraSAN(shape.num_states, shape.dim, cfg.sanb_dim, cfg.gate_temperature)
                 self.heads[name] = nn.Linear(shape.dim, cfg.embed_dim)
         self.inter = None
-        if cfg.text and cfg.image and cfg.use_inter:
+        if cfg.text and cfg.image:
             states = min(cfg.text.num_states, cfg.image.num_states)
             self.inter = InterSAN(states, cfg.text.dim, cfg.image.dim, cfg.sanb_dim, cfg.gate_temperature)
             self.heads["inter"] = nn.Linear(self.inter.dim, cfg.embed_dim)

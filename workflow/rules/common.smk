@@ -5,14 +5,14 @@ from pathlib import Path
 from pipeline.config import ConfigError, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
-# Errors name the last config file and, where the key is written there, its line.
-_configfile = Path(workflow.configfiles[-1]) if workflow.configfiles else None
+# Config errors name the file and line that set the key: the --configfile files (the last
+# one wins) before the Snakefile's own configfile.
+_command_line_files = [str(f) for f in workflow.overwrite_configfiles or []]
+_config_files = _command_line_files[::-1] + [
+    str(f) for f in workflow.configfiles if str(f) not in _command_line_files
+]
 try:
-    CFG = load_config(
-        dict(config),
-        name=str(_configfile or "config"),
-        text=_configfile.read_text() if _configfile else None,
-    )
+    CFG = load_config(dict(config), files=_config_files)
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}")
 
@@ -28,9 +28,13 @@ def default_targets():
     return [f"results/{d}/{r}.json" for d, runs in CFG["default_targets"].items() for r in runs]
 
 
-def run_settings(wildcards):
-    """The resolved run, passed to the stage as JSON (a change re-runs the job)."""
-    return json.dumps(resolve_run(CFG, wildcards.dataset, wildcards.run), sort_keys=True)
+def run_settings(wildcards, stage="evaluate"):
+    """The resolved run, passed to the stage as JSON: a change re-runs the job, so training
+    does not see the evaluation settings."""
+    run = resolve_run(CFG, wildcards.dataset, wildcards.run)
+    if stage == "train":
+        del run["evaluate"]
+    return json.dumps(run, sort_keys=True)
 
 
 def dataset_inputs(wildcards):

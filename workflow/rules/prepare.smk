@@ -11,6 +11,7 @@ rule prepare:
     params:
         images=lambda w, input: f"--images {input.images}" if "images" in input.keys() else "",
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
+        out_dir=lambda w, output: Path(output.item_table).parent,
     log:
         "results/logs/{dataset}/prepare.log",
     threads: 1
@@ -21,4 +22,4 @@ rule prepare:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.prepare --users {input.users} --items {input.item_table} {params.images} "
-        "--min-interactions {params.min_interactions} --out-dir results/{wildcards.dataset} > {log} 2>&1"
+        "--min-interactions {params.min_interactions} --out-dir {params.out_dir} > {log} 2>&1"

@@ -9,7 +9,8 @@ rule train:
         model="results/{dataset}/runs/{run}/model.safetensors",
         log="results/{dataset}/runs/{run}/train_log.json",
     params:
-        run=run_settings,
+        run=lambda w: run_settings(w, stage="train"),
+        out_dir=lambda w, output: Path(output.model).parent,
     log:
         "results/logs/{dataset}/train.{run}.log",
     benchmark:
@@ -23,4 +24,4 @@ rule train:
     shell:
         "python -m pipeline.train --run {params.run:q} --items {input.item_table} "
         "--sequences {input.sequences} --threads {threads} "
-        "--out-dir results/{wildcards.dataset}/runs/{wildcards.run} > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"

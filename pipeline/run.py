@@ -2,11 +2,15 @@
 
 Shared by train (validation during training) and evaluate.
 """
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.encode import check_attributes, open_store
+from pipeline.encode import CacheMismatch, check_attributes, open_store
 from pipeline.metrics import per_user_metrics, summarise, target_ranks
 from pipeline.models.item_encoder import FrozenItemEncoder, IISANItemEncoder, ItemEncoderConfig, TowerShape
 from pipeline.models.recommender import Recommender
@@ -42,10 +46,12 @@ def load_caches(run: dict, items_fingerprint: str) -> dict[str, torch.Tensor]:
     """Each tower's cached states [N+1, K, D] (float16, in memory), checked against the run."""
     caches = {}
     for name, tower in run["towers"].items():
+        if not Path(tower["cache"]).is_dir():
+            raise CacheMismatch(f"{tower['cache']}: no cache; run the encode stage first")
         store = open_store(tower["cache"])
-        check_attributes(dict(store.attrs), {"complete": True, "kept_states": tower["kept_states"],
-                                             "hidden_size": tower["hidden_size"],
-                                             "items_fingerprint": items_fingerprint}, tower["cache"])
+        expected = {key: tower[key] for key in ("model", "pooling", "kept_states", "hidden_size")}
+        check_attributes(dict(store.attrs), expected | {"complete": True, "items_fingerprint": items_fingerprint},
+                         tower["cache"])
         caches[name] = torch.from_numpy(store["states"][:])
     return caches
 
@@ -86,3 +92,20 @@ def ranking_metrics(score_fn, split, ks, protocols, batch: int = 1024) -> tuple[
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def run_arguments(description: str) -> argparse.ArgumentParser:
+    """The command-line arguments shared by the train and evaluate stages."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run", type=json.loads, required=True, help="resolved run settings as JSON")
+    parser.add_argument("--items", type=Path, required=True, help="items.parquet")
+    parser.add_argument("--sequences", type=Path, required=True, help="sequences.parquet")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
