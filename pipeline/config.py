@@ -14,6 +14,7 @@ from pipeline import layerdrop
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 TOWERS = ("text", "image")
+CONTENT_METHODS = ("iisan", "frozen")  # methods that read cached encoder states
 
 
 class ConfigError(ValueError):
@@ -120,10 +121,10 @@ def _cross_check(cfg: dict, files: list):
             _fail(files, where, "give exactly one of 'path' (hub id or folder) or 'package'")
     for run_name, run in cfg["runs"].items():
         where = ["runs", run_name]
-        if run["method"] == "popularity":
-            continue
         if run["train"]["embed_dim"] % run["train"]["user_heads"]:
             _fail(files, where + ["train"], "embed_dim must be a multiple of user_heads")
+        if run["method"] not in CONTENT_METHODS:
+            continue
         if run["layerdrop"] == "group" and not (run["text"] and run["image"]):
             _fail(files, where + ["layerdrop"], "group LayerDrop aligns a text tower to an image tower: name both")
         if not run["text"] and not run["image"]:
@@ -184,7 +185,7 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         raise ConfigError(f"unknown run '{run_name}' (known: {', '.join(sorted(cfg['runs']))})")
     run = cfg["runs"][run_name]
     towers = {}
-    if run["method"] != "popularity":
+    if run["method"] in CONTENT_METHODS:
         for tower, states in kept_states(cfg, run).items():
             enc = cfg["encoders"][run[tower]]
             towers[tower] = {

@@ -2,7 +2,7 @@
 
 Writes results/{dataset}/{run}.json (metrics, efficiency, resolved config, versions) and
 results/{dataset}/{run}.per_user.parquet (one row per user x split x protocol, for paired
-significance tests). Methods: a trained model (iisan, frozen) or popularity (training counts).
+significance tests). Methods: a trained model (iisan, frozen, sasrec-id) or popularity (training counts).
 
 Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-dir DIR] --out X.json
 """
@@ -37,7 +37,7 @@ def scorer(run: dict, items, splits, model_dir: Path | None):
     if run["method"] == "popularity":
         counts = torch.as_tensor(splits.item_counts, dtype=torch.float32)
         return lambda split, rows: counts.expand(len(split.targets[rows]), -1)
-    model = build_model(run)
+    model = build_model(run, splits.num_items)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     caches = load_caches(run, items_fingerprint(items))

@@ -12,18 +12,22 @@ from torch import nn
 
 from pipeline.encode import CacheMismatch, check_attributes, open_store
 from pipeline.metrics import per_user_metrics, summarise, target_ranks
-from pipeline.models.item_encoder import FrozenItemEncoder, IISANItemEncoder, ItemEncoderConfig, TowerShape
+from pipeline.models.item_encoder import (FrozenItemEncoder, IDItemEncoder, IISANItemEncoder, ItemEncoderConfig,
+                                          TowerShape)
 from pipeline.models.recommender import Recommender
 from pipeline.models.user_encoder import UserEncoderConfig
 
 
-def build_model(run: dict) -> Recommender:
+def build_model(run: dict, num_items: int) -> Recommender:
     t = run["train"]
     shapes = {name: TowerShape(len(tower["kept_states"]), tower["hidden_size"])
               for name, tower in run["towers"].items()}
     item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"])
-    item_encoder = {"iisan": IISANItemEncoder, "frozen": FrozenItemEncoder}[run["method"]](item_cfg)
+    if run["method"] == "sasrec-id":
+        item_encoder = IDItemEncoder(num_items, t["embed_dim"])
+    else:
+        item_encoder = {"iisan": IISANItemEncoder, "frozen": FrozenItemEncoder}[run["method"]](item_cfg)
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
                                  max_len=t["max_history"], dropout=t["dropout"])
     return Recommender(item_encoder, user_cfg)
@@ -62,8 +66,9 @@ def gather(caches: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torc
 
 @torch.no_grad()
 def all_item_embeddings(model: Recommender, caches: dict, num_items: int, batch: int = 4096) -> torch.Tensor:
-    ids = torch.arange(num_items + 1, device=next(iter(caches.values())).device)
-    return torch.cat([model.embed_items(gather(caches, ids[i:i + batch])) for i in range(0, len(ids), batch)])
+    ids = torch.arange(num_items + 1, device=next(model.parameters()).device)
+    return torch.cat([model.embed_items(ids[i:i + batch], gather(caches, ids[i:i + batch]))
+                      for i in range(0, len(ids), batch)])
 
 
 @torch.no_grad()

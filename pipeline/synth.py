@@ -8,7 +8,7 @@ Generative story:
   and 1-2 generic words ("Pro", "Pack of 6", "12mm", ...); a few titles carry HTML entities
   (`&amp;`, `&quot;`, ...) as in the real data. Its cover is a 64x64 PNG: the category's
   shape in the category's hue, with per-item jitter of colour, position and size plus noise.
-- Within a category, item popularity is Zipf-like (weight 1/rank).
+- Within a category, item popularity is Zipf-like (weight 1/rank^popularity_exponent).
 - Each category has 2 fixed "successor" categories. A user starts in a random category; each
   next item's category is a successor with probability `p_follow`, else uniform at random;
   the item is drawn by popularity, and a repeat of an earlier item is re-drawn with

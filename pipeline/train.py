@@ -50,7 +50,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     if len(splits.train_windows) == 0:
         raise DataError("no user has 2 training items (4 interactions): nothing to train on")
     caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
-    model = build_model(run).to(dev)
+    model = build_model(run, splits.num_items).to(dev)
     optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
@@ -72,7 +72,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         for lo in range(0, len(windows), t["batch_size"]):
             window = windows[order[lo:lo + t["batch_size"]]]  # [B, L+1]
             unique, inverse = torch.unique(window, return_inverse=True)
-            embs = model.embed_items(gather(caches, unique))[inverse]  # [B, L+1, d]
+            embs = model.embed_items(unique, gather(caches, unique))[inverse]  # [B, L+1, d]
             states = model.user_states(embs[:, :-1], window[:, :-1])  # [B, L, d]
             loss = in_batch_debiased_ce(states, embs, window, log_pop)
             optimizer.zero_grad(set_to_none=True)

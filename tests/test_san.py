@@ -51,10 +51,10 @@ def test_item_encoder_fuses_three_towers():
     cfg = ItemEncoderConfig(text=TowerShape(3, 16), image=TowerShape(3, 8), embed_dim=6, sanb_dim=4)
     enc = IISANItemEncoder(cfg)
     assert enc.fusion.in_features == 18
-    out = enc(torch.randn(7, 3, 16), torch.randn(7, 3, 8))
+    out = enc(None, {"text": torch.randn(7, 3, 16), "image": torch.randn(7, 3, 8)})
     assert out.shape == (7, 6)
     text_only = IISANItemEncoder(ItemEncoderConfig(text=TowerShape(3, 16), image=None, embed_dim=6))
-    assert text_only.inter is None and text_only(torch.randn(2, 3, 16), None).shape == (2, 6)
+    assert text_only.inter is None and text_only(None, {"text": torch.randn(2, 3, 16)}).shape == (2, 6)
 
 
 def test_learning_rate_groups():
@@ -64,7 +64,7 @@ def test_learning_rate_groups():
                      "v": {"path": "y", "modality": "image", "layers": 2, "hidden_size": 8}},
         "runs": {"r": {"method": "iisan", "text": "t", "image": "v", "layerdrop": "group"}},
     })
-    model = build_model(resolve_run(cfg, "d", "r"))
+    model = build_model(resolve_run(cfg, "d", "r"), num_items=5)
     groups = {g["name"]: g for g in param_groups(model, cfg["train"])}
     names = {id(p): n for n, p in model.named_parameters()}
     text_names = {names[id(p)] for p in groups["text"]["params"]}

@@ -28,7 +28,8 @@ def tiny_run(tmp_path, item_table, tiny_vit, monkeypatch):
                  "still": {"method": "iisan", "image": "vit", "train": {
                      "max_epochs": 20, "patience": 2, "lr_user": 1e-30, "lr_image": 1e-30, "lr_text": 1e-30}},
                  "frozen": {"method": "frozen", "text": "minilm", "image": "vit", "train": {"max_epochs": 2}},
-                 "pop": {"method": "popularity"}},
+                 "pop": {"method": "popularity"},
+                 "id": {"method": "sasrec-id", "train": {"max_epochs": 2}}},
     })
     runs = {name: resolve_run(cfg, "t", name) for name in cfg["runs"]}
     for tower, enc in (("text", MINILM), ("image", tiny_vit)):
@@ -47,7 +48,7 @@ def test_train_then_evaluate(tiny_run, tmp_path):
     assert log["epochs"] == 3 and 1 <= log["best_epoch"] <= 3
     assert log["trainable_params"] > 0 and log["peak_memory_bytes"] > 0
     weights = load_file(str(tmp_path / "va" / "model.safetensors"))
-    model = build_model(runs["va"])
+    model = build_model(runs["va"], num_items=11)
     model.load_state_dict(weights)  # the checkpoint matches the architecture exactly
     assert any("text_dtl" in k for k in weights)  # VA: the 384-wide text states are projected to 32
 
@@ -107,3 +108,14 @@ def test_popularity_by_hand(tmp_path):
     assert result["metrics"]["valid"]["hr@5"] == 0.5
     assert result["metrics_repeat_aware"]["valid"]["hr@1"] == 0.5
     assert result["metrics_repeat_aware"]["valid"]["hr@5"] == 1.0
+
+
+def test_sasrec_id_learns_item_embeddings_without_caches(tiny_run, tmp_path):
+    runs, items, sequences = tiny_run
+    assert runs["id"]["towers"] == {}
+    log = train(runs["id"], items, sequences, tmp_path / "id", progress=False)
+    weights = load_file(str(tmp_path / "id" / "model.safetensors"))
+    assert weights["item_encoder.embedding.weight"].shape == (12, 64)  # 11 items + padding
+    assert log["trainable_params"] == 12 * 64 + sum(v.numel() for k, v in weights.items() if k.startswith("user_"))
+    result = evaluate(runs["id"], items, sequences, tmp_path / "id", tmp_path / "id.json", tmp_path / "id.parquet")
+    assert result["efficiency"]["cache_bytes"] == 0 and 0 <= result["metrics"]["test"]["hr@10"] <= 1

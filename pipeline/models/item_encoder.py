@@ -1,4 +1,5 @@
-"""Item encoders over cached per-layer states: IISAN-Versa and the frozen-backbone baseline."""
+"""Item encoders: IISAN-Versa and the frozen backbone over cached per-layer states, and the
+ID-embedding baseline. Each maps item ids [B] and their cached states {tower: [B, K, D]} to [B, d]."""
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +45,9 @@ class IISANItemEncoder(nn.Module):
             raise ValueError("the item encoder has no tower")
         self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, text: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
-        # text [B, Kt, Dt], image [B, Ki, Di] -> [B, d]
+    def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        # states: text [B, Kt, Dt], image [B, Ki, Di] -> [B, d]
+        text, image = states.get("text"), states.get("image")
         parts = []
         if "image" in self.intra:
             parts.append(self.heads["image"](self.intra["image"](image)))
@@ -67,7 +69,18 @@ class FrozenItemEncoder(nn.Module):
         })
         self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
 
-    def forward(self, text: torch.Tensor | None, image: torch.Tensor | None) -> torch.Tensor:
-        states = {"text": text, "image": image}
+    def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [head(states[name][:, -1]) for name, head in self.heads.items()]  # [B, d] each
         return self.fusion(torch.cat(parts, dim=-1))
+
+
+class IDItemEncoder(nn.Module):
+    """The IDRec baseline (SASRec with learned item-ID embeddings): no content at all."""
+
+    def __init__(self, num_items: int, embed_dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_items + 1, embed_dim, padding_idx=0)
+        nn.init.xavier_normal_(self.embedding.weight)
+
+    def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.embedding(ids)  # [B] -> [B, d]

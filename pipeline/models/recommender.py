@@ -11,9 +11,9 @@ class Recommender(nn.Module):
         self.item_encoder = item_encoder
         self.user_encoder = UserEncoder(user_cfg)
 
-    def embed_items(self, states: dict[str, torch.Tensor]) -> torch.Tensor:
-        # {tower: [B, K, D]} -> [B, d]
-        return self.item_encoder(states.get("text"), states.get("image"))
+    def embed_items(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
+        # ids [B], cached states {tower: [B, K, D]} -> [B, d]
+        return self.item_encoder(ids, states)
 
     def user_states(self, item_embs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         # item_embs [B, L, d] of the left-padded sequence `items` [B, L] -> [B, L, d]
