@@ -24,13 +24,13 @@ def build_model(run: dict, num_items: int) -> Recommender:
               for name, tower in run["towers"].items()}
     item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"])
-    if run["method"] == "sasrec-id":
+    if run["method"] in ("sasrec-id", "gru4rec-id"):
         item_encoder = IDItemEncoder(num_items, t["embed_dim"])
     else:
         item_encoder = {"iisan": IISANItemEncoder, "frozen": FrozenItemEncoder}[run["method"]](item_cfg)
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
                                  max_len=t["max_history"], dropout=t["dropout"])
-    return Recommender(item_encoder, user_cfg)
+    return Recommender(item_encoder, user_cfg, user_encoder="gru" if run["method"] == "gru4rec-id" else "sasrec")
 
 
 def param_groups(model: Recommender, t: dict) -> list[dict]:

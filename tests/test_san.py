@@ -76,3 +76,19 @@ def test_learning_rate_groups():
     assert {n.split(".")[0] for n in user_names} == {"user_encoder", "item_encoder"}
     assert all(n.startswith("user_encoder") or n.startswith("item_encoder.fusion") for n in user_names)
     assert len(text_names | image_names | user_names) == len(names)
+
+
+def test_gru_encoder_ignores_left_padding():
+    from pipeline.models.gru_encoder import GRUUserEncoder
+    from pipeline.models.user_encoder import UserEncoderConfig
+
+    torch.manual_seed(0)
+    gru = GRUUserEncoder(UserEncoderConfig(dim=4, dropout=0.0)).eval()
+    seq = torch.randn(1, 3, 4)
+    padded = torch.cat([torch.randn(1, 2, 4), seq], dim=1)  # two padding slots of noise in front
+    mask = torch.tensor([[False, False, True, True, True]])
+    out = gru(padded, mask)
+    alone = gru(seq, torch.ones(1, 3, dtype=torch.bool))
+    assert torch.allclose(out[:, 2:], alone, atol=1e-6)  # same states at the real positions
+    expected, _ = gru.gru(seq)
+    assert torch.allclose(alone, expected, atol=1e-6)

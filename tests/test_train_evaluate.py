@@ -29,7 +29,8 @@ def tiny_run(tmp_path, item_table, tiny_vit, monkeypatch):
                      "max_epochs": 20, "patience": 2, "lr_user": 1e-30, "lr_image": 1e-30, "lr_text": 1e-30}},
                  "frozen": {"method": "frozen", "text": "minilm", "image": "vit", "train": {"max_epochs": 2}},
                  "pop": {"method": "popularity"},
-                 "id": {"method": "sasrec-id", "train": {"max_epochs": 2}}},
+                 "sasrec-id": {"method": "sasrec-id", "train": {"max_epochs": 2}},
+                 "gru4rec-id": {"method": "gru4rec-id", "train": {"max_epochs": 2}}},
     })
     runs = {name: resolve_run(cfg, "t", name) for name in cfg["runs"]}
     for tower, enc in (("text", MINILM), ("image", tiny_vit)):
@@ -110,12 +111,13 @@ def test_popularity_by_hand(tmp_path):
     assert result["metrics_repeat_aware"]["valid"]["hr@5"] == 1.0
 
 
-def test_sasrec_id_learns_item_embeddings_without_caches(tiny_run, tmp_path):
+@pytest.mark.parametrize("method", ["sasrec-id", "gru4rec-id"])
+def test_id_baselines_learn_item_embeddings_without_caches(tiny_run, tmp_path, method):
     runs, items, sequences = tiny_run
-    assert runs["id"]["towers"] == {}
-    log = train(runs["id"], items, sequences, tmp_path / "id", progress=False)
+    assert runs[method]["towers"] == {}
+    log = train(runs[method], items, sequences, tmp_path / "id", progress=False)
     weights = load_file(str(tmp_path / "id" / "model.safetensors"))
     assert weights["item_encoder.embedding.weight"].shape == (12, 64)  # 11 items + padding
     assert log["trainable_params"] == 12 * 64 + sum(v.numel() for k, v in weights.items() if k.startswith("user_"))
-    result = evaluate(runs["id"], items, sequences, tmp_path / "id", tmp_path / "id.json", tmp_path / "id.parquet")
+    result = evaluate(runs[method], items, sequences, tmp_path / "id", tmp_path / "id.json", tmp_path / "id.parquet")
     assert result["efficiency"]["cache_bytes"] == 0 and 0 <= result["metrics"]["test"]["hr@10"] <= 1

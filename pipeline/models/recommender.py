@@ -2,14 +2,15 @@
 import torch
 from torch import nn
 
+from pipeline.models.gru_encoder import GRUUserEncoder
 from pipeline.models.user_encoder import UserEncoder, UserEncoderConfig
 
 
 class Recommender(nn.Module):
-    def __init__(self, item_encoder: nn.Module, user_cfg: UserEncoderConfig):
+    def __init__(self, item_encoder: nn.Module, user_cfg: UserEncoderConfig, user_encoder: str = "sasrec"):
         super().__init__()
         self.item_encoder = item_encoder
-        self.user_encoder = UserEncoder(user_cfg)
+        self.user_encoder = {"sasrec": UserEncoder, "gru": GRUUserEncoder}[user_encoder](user_cfg)
 
     def embed_items(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
         # ids [B], cached states {tower: [B, K, D]} -> [B, d]
