@@ -1,8 +1,9 @@
 """evaluate: full ranking over all items on validation and test -> the run's result JSON.
 
-Writes results/{dataset}/{run}.json (metrics, efficiency, resolved config, versions) and
+Writes results/{dataset}/{run}.json (metrics, efficiency, resolved config, versions),
 results/{dataset}/{run}.per_user.parquet (one row per user x split x protocol, for paired
-significance tests). Methods: a trained model (iisan, frozen, sasrec-id) or popularity (training counts).
+significance tests) and results/{dataset}/{run}.topk.parquet (each test user's 10
+recommendations, history excluded). Methods: a trained model (iisan, frozen, sasrec-id) or popularity (training counts).
 
 Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-dir DIR] --out X.json
 """
@@ -10,6 +11,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -20,7 +22,7 @@ from pipeline.encode import EncodeError, items_fingerprint, store_bytes
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
 from pipeline.run import (all_item_embeddings, build_model, load_caches, model_scores,
-                                  parse_run_arguments, ranking_metrics, run_arguments)
+                          parse_run_arguments, ranking_metrics, run_arguments, top_k)
 
 PACKAGES = ("torch", "transformers", "zarr", "numpy", "pyarrow", "snakemake")
 
@@ -32,31 +34,53 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def scorer(run: dict, items, splits, model_dir: Path | None):
-    """A function (split, rows) -> scores [rows, N+1] for the run's method."""
+def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
+    """A function: left-padded histories [U, L] -> scores [U, N+1], for the run's method."""
+    num_items = items.num_rows
     if run["method"] == "popularity":
-        counts = torch.as_tensor(splits.item_counts, dtype=torch.float32)
-        return lambda split, rows: counts.expand(len(split.targets[rows]), -1)
-    model = build_model(run, splits.num_items)
+        counts = torch.as_tensor(item_counts, dtype=torch.float32)
+        return lambda inputs: counts.expand(len(inputs), -1)
+    model = build_model(run, num_items)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     caches = load_caches(run, items_fingerprint(items))
-    item_embs = all_item_embeddings(model, caches, splits.num_items)
-    return lambda split, rows: model_scores(model, item_embs, split.inputs[rows])
+    item_embs = all_item_embeddings(model, caches, num_items)
+    return lambda inputs: model_scores(model, item_embs, inputs)
+
+
+def top_k_table(score, split, items, k: int, batch: int) -> pa.Table:
+    """The k best items per user, history excluded: user_id, rank, item_idx, item_id, title, score."""
+    rows = []
+    for lo in range(0, len(split.targets), batch):
+        values, indices = top_k(score(split.inputs[lo:lo + batch]), split.histories[lo:lo + batch], k)
+        rows.append((values.numpy(), indices.numpy()))
+    values = np.concatenate([v for v, _ in rows])  # [U, k]
+    indices = np.concatenate([i for _, i in rows])
+    real = np.isfinite(values)  # fewer than k candidates left once a long history is excluded
+    item_ids, titles = items.column("item_id").to_pylist(), items.column("title").to_pylist()
+    flat = indices[real]
+    return pa.table({
+        "user_id": np.repeat(split.user_ids, real.sum(1)),
+        "rank": np.nonzero(real)[1].astype(np.int32) + 1,
+        "item_idx": flat.astype(np.int32),
+        "item_id": [item_ids[i - 1] for i in flat],
+        "title": [titles[i - 1] for i in flat],
+        "score": values[real].astype(np.float32),
+    })
 
 
 def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir: Path | None,
-             out_json: Path, per_user_parquet: Path) -> dict:
+             out_json: Path, per_user_parquet: Path, topk_parquet: Path | None = None) -> dict:
     items = pq.read_table(items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, run["train"]["max_history"])
-    score = scorer(run, items, splits, model_dir)
-    ks = run["evaluate"]["ks"]
+    score = scorer(run, items, splits.item_counts, model_dir)
+    ks, batch = run["evaluate"]["ks"], run["train"]["eval_batch_size"]
 
     metrics, tables = {p: {} for p in PROTOCOLS}, []
     for name, split in (("valid", splits.valid), ("test", splits.test)):
-        summary, per_user = ranking_metrics(lambda rows: score(split, rows), split, ks, PROTOCOLS,
-                                            batch=run["train"]["eval_batch_size"])
+        summary, per_user = ranking_metrics(lambda rows: score(split.inputs[rows]), split, ks, PROTOCOLS,
+                                            batch=batch)
         for protocol in PROTOCOLS:
             metrics[protocol][name] = summary[protocol]
             tables.append(pa.table({
@@ -92,6 +116,9 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
     }
     with atomic_path(per_user_parquet) as tmp:
         pq.write_table(pa.concat_tables(tables), tmp)
+    if topk_parquet:
+        with atomic_path(topk_parquet) as tmp:
+            pq.write_table(top_k_table(score, splits.test, items, 10, batch), tmp)
     write_json(out_json, result)
     return result
 
@@ -101,12 +128,13 @@ def main(argv=None):
     parser.add_argument("--model-dir", type=Path, default=None, help="train output (not for popularity)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-user", type=Path, required=True)
+    parser.add_argument("--topk", type=Path, default=None, help="write each test user's 10 recommendations here")
     args = parse_run_arguments(parser, argv)
     run = args.run
     if run["method"] != "popularity" and args.model_dir is None:
         parser.error(f"--model-dir is required for method '{run['method']}'")
     try:
-        result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user)
+        result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user, args.topk)
     except (EncodeError, DataError) as e:
         raise SystemExit(f"evaluate: {e}")
     for split in ("valid", "test"):

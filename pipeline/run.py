@@ -79,6 +79,15 @@ def model_scores(model: Recommender, item_embs: torch.Tensor, inputs: np.ndarray
     return states @ item_embs.T
 
 
+def top_k(scores: torch.Tensor, histories: list, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k items per row of scores [U, N+1], excluding padding and each user's history."""
+    scores = scores.detach().cpu().float().clone()
+    scores[:, 0] = -torch.inf
+    for u, history in enumerate(histories):
+        scores[u, torch.as_tensor(history, dtype=torch.long)] = -torch.inf
+    return scores.topk(min(k, scores.shape[1] - 1), dim=1)  # values, item indices [U, k]
+
+
 def ranking_metrics(score_fn, split, ks, protocols, batch: int = 1024) -> tuple[dict, dict]:
     """Summary and per-user metrics for every protocol; score_fn(rows) -> scores [len(rows), N+1]."""
     per_user = {p: {} for p in protocols}

@@ -7,8 +7,10 @@ import pytest
 from safetensors.torch import load_file
 
 from pipeline.config import load_config, resolve_run
+from pipeline.data import DataError
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
+from pipeline.recommend import recommend
 from pipeline.run import build_model
 from pipeline.train import train
 
@@ -121,3 +123,28 @@ def test_id_baselines_learn_item_embeddings_without_caches(tiny_run, tmp_path, m
     assert log["trainable_params"] == 12 * 64 + sum(v.numel() for k, v in weights.items() if k.startswith("user_"))
     result = evaluate(runs[method], items, sequences, tmp_path / "id", tmp_path / "id.json", tmp_path / "id.parquet")
     assert result["efficiency"]["cache_bytes"] == 0 and 0 <= result["metrics"]["test"]["hr@10"] <= 1
+
+
+def test_topk_export_and_recommend(tiny_run, tmp_path):
+    runs, items, sequences = tiny_run
+    train(runs["va"], items, sequences, tmp_path / "runs" / "va", progress=False)
+    evaluate(runs["va"], items, sequences, tmp_path / "runs" / "va", tmp_path / "va.json", tmp_path / "va.pu.parquet",
+             topk_parquet=tmp_path / "va.topk.parquet")
+    topk = pq.read_table(tmp_path / "va.topk.parquet").to_pandas()
+    seqs = dict(zip(*[pq.read_table(sequences).column(c).to_pylist() for c in ("user_id", "items")]))
+    for user, rows in topk.groupby("user_id"):
+        history = set(seqs[user][:-1])
+        assert list(rows["rank"]) == list(range(1, len(rows) + 1))
+        assert len(rows) == min(10, 11 - len(history))  # every item not in the history, at most 10
+        assert not history & set(rows["item_idx"])
+        assert list(rows["score"]) == sorted(rows["score"], reverse=True)
+        assert all(rows["item_id"] == "I" + (rows["item_idx"] - 1).astype(str))
+
+    # recommend() reads the same run folder (tmp_path plays results/{dataset})
+    ranked = recommend(runs["va"], tmp_path, ["I0", "I3"], k=5)
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4, 5]
+    assert not {"I0", "I3"} & {r["item_id"] for r in ranked}
+    with pytest.raises(DataError, match="unknown item ids"):
+        recommend(runs["va"], tmp_path, ["nope"])
+    popular = recommend(runs["pop"], tmp_path, ["I0"], k=3)
+    assert len(popular) == 3

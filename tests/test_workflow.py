@@ -46,6 +46,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
         result = json.loads((tmp_path / f"results/tiny/{run}.json").read_text())
         assert result["run"] == run and 0 <= result["metrics"]["test"]["hr@10"] <= 1
         assert (tmp_path / f"results/tiny/{run}.per_user.parquet").exists()
+        assert (tmp_path / f"results/tiny/{run}.topk.parquet").exists()
     caches = sorted(p.name for p in (tmp_path / "results/tiny/cache").iterdir())
     # VA keeps 2 text states (group LayerDrop of 6 blocks to a 2-block ViT); frozen reuses the
     # symmetric MiniLM selection. No half-written store is left behind.

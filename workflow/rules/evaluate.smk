@@ -7,6 +7,7 @@ rule evaluate:
     output:
         result="results/{dataset}/{run}.json",
         per_user="results/{dataset}/{run}.per_user.parquet",
+        topk="results/{dataset}/{run}.topk.parquet",
     params:
         run=run_settings,
         model_dir=lambda w, input: f"--model-dir {Path(input.model).parent}" if "model" in input.keys() else "",
@@ -21,4 +22,4 @@ rule evaluate:
     shell:
         "python -m pipeline.evaluate --run {params.run:q} --items {input.item_table} "
         "--sequences {input.sequences} {params.model_dir} --threads {threads} "
-        "--out {output.result} --per-user {output.per_user} > {log} 2>&1"
+        "--out {output.result} --per-user {output.per_user} --topk {output.topk} > {log} 2>&1"

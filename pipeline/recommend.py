@@ -1,0 +1,60 @@
+"""recommend: ranked next items for a history of item ids, from a trained run.
+
+Usage: python -m pipeline.recommend --dataset scientific --run minilm --history B00X B00Y [--k 10]
+Reads config.yaml (or --config) for the run, results/{dataset}/items.parquet for the catalogue
+and, for trained methods, results/{dataset}/runs/{run}/ and the run's caches. Items of the
+history are not recommended again.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.config import ConfigError, load_config, resolve_run
+from pipeline.data import DataError, left_pad, make_splits, read_sequences
+from pipeline.encode import EncodeError
+from pipeline.evaluate import scorer
+from pipeline.run import top_k
+
+
+def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list[dict]:
+    items = pq.read_table(results / "items.parquet")
+    index = {item_id: n for n, item_id in enumerate(items.column("item_id").to_pylist(), start=1)}
+    unknown = [i for i in history if i not in index]
+    if unknown:
+        raise DataError(f"unknown item ids {unknown[:5]} (not in {results / 'items.parquet'})")
+    counts = None
+    if run["method"] == "popularity":
+        user_ids, sequences = read_sequences(results / "sequences.parquet")
+        counts = make_splits(user_ids, sequences, items.num_rows).item_counts
+    model_dir = results / "runs" / run["run"]
+    if run["method"] != "popularity" and not (model_dir / "model.safetensors").exists():
+        raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first")
+    score = scorer(run, items, counts, model_dir)
+    idx = [index[i] for i in history]
+    values, best = top_k(score(left_pad(idx, run["train"]["max_history"])[None, :]), [np.array(idx)], k)
+    titles, item_ids = items.column("title").to_pylist(), items.column("item_id").to_pylist()
+    return [{"rank": r, "item_id": item_ids[i - 1], "title": titles[i - 1], "score": float(v)}
+            for r, (v, i) in enumerate(zip(values[0].tolist(), best[0].tolist()), start=1) if np.isfinite(v)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("config.yaml"))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--history", nargs="+", required=True, help="item ids, oldest first")
+    parser.add_argument("--k", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        run = resolve_run(load_config(args.config), args.dataset, args.run)
+        ranked = recommend(run, Path("results") / args.dataset, args.history, args.k)
+    except (ConfigError, DataError, EncodeError, FileNotFoundError) as e:
+        raise SystemExit(f"recommend: {e}")
+    for r in ranked:
+        print(f"{r['rank']:>3}  {r['score']:8.3f}  {r['item_id']}  {r['title']}")
+
+
+if __name__ == "__main__":
+    main()
