@@ -7,12 +7,17 @@ Outputs (contract used by every later stage):
   Leave-one-out: test target = last item, validation target = second to last, train = the rest.
 - stats.json: counts, and what was dropped and why.
 
-Input format `iisan-split`: users tsv `user<TAB>item item ...`, items tsv `item<TAB>title`,
-optional images folder with {item_id}.png/.jpg/.jpeg.
+Input formats (--format):
+- iisan-split: users tsv `user<TAB>item item ...`, items tsv `item<TAB>title`.
+- microlens: users = pairs tsv (`user<TAB>item item ...`) or pairs csv (header
+  `userID,videoID,timestamp`, ordered by timestamp per user); items = titles csv (header
+  `item,title`, CSV quoting).
+Optional folders: images with {item_id}.png/.jpg/.jpeg, videos with {item_id}.mp4.
 
-Usage: python -m pipeline.prepare --users U --items I [--images DIR] --out-dir DIR
+Usage: python -m pipeline.prepare [--format F] --users U --items I [--images DIR] [--videos DIR] --out-dir DIR
 """
 import argparse
+import csv
 import html
 import json
 from collections import Counter
@@ -25,6 +30,7 @@ from pipeline.data import DataError
 from pipeline.files import atomic_path, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4",)
 
 
 def _lines(path: Path):
@@ -69,19 +75,68 @@ def read_users(path: Path) -> list[tuple[str, list[str]]]:
     return users
 
 
-def find_images(images: Path | None, item_ids) -> dict[str, str]:
-    if images is None:
+def _csv_rows(path: Path, header: list[str]):
+    """(line number, row) of a CSV file whose header must be `header`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            found = next(reader, None)
+            if [h.strip() for h in found or []] != header:
+                raise DataError(f"{path}, line 1: expected the header {','.join(header)}, got {found}")
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}, line {reader.line_num}: expected {len(header)} fields, got {len(row)}")
+                yield reader.line_num, [v.strip() for v in row]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def read_titles_csv(path: Path) -> dict[str, str]:
+    titles: dict[str, str] = {}
+    for number, (item_id, title) in _csv_rows(path, ["item", "title"]):
+        if item_id in titles:
+            raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
+        titles[item_id] = html.unescape(title)
+    return titles
+
+
+def read_pairs_csv(path: Path) -> list[tuple[str, list[str]]]:
+    """Chronological sequences from `userID,videoID,timestamp` rows (stable for equal times)."""
+    events: dict[str, list[tuple[float, str]]] = {}
+    for number, (user_id, item_id, timestamp) in _csv_rows(path, ["userID", "videoID", "timestamp"]):
+        try:
+            events.setdefault(user_id, []).append((float(timestamp), item_id))
+        except ValueError:
+            raise DataError(f"{path}, line {number}: timestamp {timestamp!r} is not a number") from None
+    return [(u, [i for _, i in sorted(e, key=lambda x: x[0])]) for u, e in events.items()]
+
+
+def read_raw(fmt: str, users: Path, items: Path) -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
+    """(item_id -> title, [(user_id, chronological item ids)]) of a raw dataset."""
+    if fmt == "iisan-split":
+        return read_items(items), read_users(users)
+    if fmt == "microlens":
+        sequences = read_pairs_csv(users) if users.suffix.lower() == ".csv" else read_users(users)
+        return read_titles_csv(items), sequences
+    raise DataError(f"unknown dataset format {fmt!r}")
+
+
+def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, str]:
+    """item_id -> path of {item_id}.<suffix> in folder."""
+    if folder is None:
         return {}
-    if not images.is_dir():
-        raise DataError(f"images folder {images} does not exist")
-    by_stem = {p.stem: str(p) for p in sorted(images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist")
+    by_stem = {p.stem: str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
     return {i: by_stem[i] for i in item_ids if i in by_stem}
 
 
-def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3):
+def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3,
+            fmt: str = "iisan-split", videos: Path | None = None):
     """Return (items table, sequences table, stats)."""
-    titles = read_items(items_tsv)
-    users = read_users(users_tsv)
+    titles, users = read_raw(fmt, users_tsv, items_tsv)
     dropped = Counter()
 
     kept_users = []
@@ -98,13 +153,15 @@ def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interacti
     item_ids = [i for i in titles if i in used]
     empty_titles = sum(1 for i in item_ids if not titles[i])
     idx = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
-    image_of = find_images(images, item_ids)
+    image_of = find_files(images, item_ids, IMAGE_SUFFIXES, "images")
+    video_of = find_files(videos, item_ids, VIDEO_SUFFIXES, "videos")
 
     items_table = pa.table({
         "item_idx": pa.array(range(1, len(item_ids) + 1), pa.int32()),
         "item_id": pa.array(item_ids, pa.string()),
         "title": pa.array([titles[i] for i in item_ids], pa.string()),
         "image": pa.array([image_of.get(i) for i in item_ids], pa.string()),
+        "video": pa.array([video_of.get(i) for i in item_ids], pa.string()),
     })
     sequences = pa.table({
         "user_id": pa.array([u for u, _ in kept_users], pa.string()),
@@ -116,26 +173,31 @@ def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interacti
         "items": len(item_ids),
         "interactions": n_interactions,
         "items_with_image": len(image_of),
+        "items_with_video": len(video_of),
         "items_with_empty_title": empty_titles,
         "repeat_interactions": sum(len(s) - len(set(s)) for _, s in kept_users),
         "dropped": {reason: n for reason, n in dropped.items() if n},
-        "inputs": {"users": str(users_tsv), "items": str(items_tsv), "images": str(images) if images else None},
+        "inputs": {"format": fmt, "users": str(users_tsv), "items": str(items_tsv),
+                   "images": str(images) if images else None, "videos": str(videos) if videos else None},
     }
     return items_table, sequences, stats
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=Path, required=True)
-    parser.add_argument("--items", type=Path, required=True)
+    parser.add_argument("--format", default="iisan-split", choices=["iisan-split", "microlens"])
+    parser.add_argument("--users", type=Path, required=True, help="users tsv / pairs tsv or csv")
+    parser.add_argument("--items", type=Path, required=True, help="items tsv / titles csv")
     parser.add_argument("--images", type=Path, default=None)
+    parser.add_argument("--videos", type=Path, default=None)
     parser.add_argument("--min-interactions", type=int, default=3)
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.min_interactions < 3:
         parser.error("--min-interactions must be at least 3 (leave-one-out needs a train, a validation and a test item)")
     try:
-        items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions)
+        items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions,
+                                          args.format, args.videos)
     except DataError as e:
         raise SystemExit(f"prepare: {e}")
     with atomic_path(args.out_dir / "items.parquet") as tmp:

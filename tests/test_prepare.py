@@ -105,3 +105,41 @@ def test_real_scientific_split():
                                            SCIENTIFIC / "Industrial_and_Scientific_items.tsv", None)
     assert stats["users"] == 12076 and stats["interactions"] == 85211
     assert not any("&amp;" in t for t in item_table.column("title").to_pylist())
+
+
+MICROLENS = REPO.parent / "shared" / "data" / "microlens-sample"
+
+
+def test_microlens_pairs_csv_is_ordered_by_time(tmp_path):
+    titles = write(tmp_path / "titles.csv", 'item,title\r\n1,"Cat, dog &amp; bird"\r\n2,Two\r\n3,Three\r\n4,Unused\r\n')
+    pairs = write(tmp_path / "pairs.csv", "userID,videoID,timestamp\n7,3,30\n7,1,10\n7,2,20\n8,1,5\n8,2,5\n8,3,1\n")
+    (tmp_path / "videos").mkdir()
+    write(tmp_path / "videos" / "2.mp4", b"x")
+    items, sequences, stats = prepare(pairs, titles, None, fmt="microlens", videos=tmp_path / "videos")
+    assert items.column("item_id").to_pylist() == ["1", "2", "3"]
+    assert items.column("title").to_pylist()[0] == "Cat, dog & bird"
+    assert items.column("video").to_pylist() == [None, str(tmp_path / "videos" / "2.mp4"), None]
+    # user 7 sorted by timestamp; user 8's equal timestamps keep file order
+    assert sequences.column("items").to_pylist() == [[1, 2, 3], [3, 1, 2]]
+    assert stats["items_with_video"] == 1
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("titles.csv", "id,name\n1,x\n", r"titles.csv, line 1: expected the header item,title"),
+    ("titles.csv", 'item,title\n1,"a","b"\n', r"titles.csv, line 2: expected 2 fields, got 3"),
+    ("pairs.csv", "userID,videoID,timestamp\n7,1,yesterday\n", r"pairs.csv, line 2: timestamp 'yesterday'"),
+])
+def test_microlens_bad_files(tmp_path, name, content, message):
+    titles = write(tmp_path / "titles.csv", "item,title\n1,One\n")
+    pairs = write(tmp_path / "pairs.csv", "userID,videoID,timestamp\n7,1,1\n7,1,2\n7,1,3\n")
+    write(tmp_path / name, content)
+    with pytest.raises(DataError, match=message):
+        prepare(pairs, titles, None, fmt="microlens")
+
+
+@pytest.mark.skipif(not MICROLENS.exists(), reason="shared MicroLens sample not present")
+def test_real_microlens_sample():
+    items, sequences, stats = prepare(MICROLENS / "MicroLens-50k_pairs.tsv", MICROLENS / "MicroLens-50k_titles.csv",
+                                      None, fmt="microlens", videos=MICROLENS / "videos")
+    assert stats["users"] == 305 and stats["items"] == 2018 and stats["items_with_video"] == 1
+    assert items.column("video").to_pylist()[items.column("item_id").to_pylist().index("10034")].endswith("10034.mp4")

@@ -40,8 +40,9 @@ def run_settings(wildcards, stage="evaluate"):
 def dataset_inputs(wildcards):
     ds = CFG["datasets"][wildcards.dataset]
     files = {"users": ds["users"], "item_table": ds["items"]}
-    if ds["images"]:
-        files["images"] = ds["images"]
+    for folder in ("images", "videos"):
+        if ds.get(folder):
+            files[folder] = ds[folder]
     return files
 
 

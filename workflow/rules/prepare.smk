@@ -9,7 +9,8 @@ rule prepare:
         sequences="results/{dataset}/sequences.parquet",
         stats="results/{dataset}/stats.json",
     params:
-        images=lambda w, input: f"--images {input.images}" if "images" in input.keys() else "",
+        folders=lambda w, input: " ".join(f"--{k} {input[k]}" for k in ("images", "videos") if k in input.keys()),
+        format=lambda w: CFG["datasets"][w.dataset]["format"],
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
         out_dir=lambda w, output: Path(output.item_table).parent,
     log:
@@ -21,5 +22,5 @@ rule prepare:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.prepare --users {input.users} --items {input.item_table} {params.images} "
+        "python -m pipeline.prepare --format {params.format} --users {input.users} --items {input.item_table} {params.folders} "
         "--min-interactions {params.min_interactions} --out-dir {params.out_dir} > {log} 2>&1"
