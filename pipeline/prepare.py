@@ -2,125 +2,30 @@
 
 Outputs (contract used by every later stage):
 - items.parquet: item_idx int32 1..N (0 is padding), item_id, title (HTML unescaped),
-  image (path or null). Only items that some kept user interacted with, in items-file order.
+  image and video (paths or null). Only items that some kept user interacted with, in
+  items-file order.
 - sequences.parquet: user_id, items list<int32> (chronological, whole sequence).
   Leave-one-out: test target = last item, validation target = second to last, train = the rest.
 - stats.json: counts, and what was dropped and why.
 
-Input formats (--format):
-- iisan-split: users tsv `user<TAB>item item ...`, items tsv `item<TAB>title`.
-- microlens: users = pairs tsv (`user<TAB>item item ...`) or pairs csv (header
-  `userID,videoID,timestamp`, ordered by timestamp per user); items = titles csv (header
-  `item,title`, CSV quoting).
-Optional folders: images with {item_id}.png/.jpg/.jpeg, videos with {item_id}.mp4.
+Input formats (--format): see pipeline/formats.py. Optional folders: images with
+{item_id}.png/.jpg/.jpeg, videos with {item_id}.mp4.
 
 Usage: python -m pipeline.prepare [--format F] --users U --items I [--images DIR] [--videos DIR] --out-dir DIR
 """
 import argparse
-import csv
-import html
 import json
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data import DataError
+from pipeline.formats import FORMATS, read_raw
 from pipeline.files import atomic_path, write_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4",)
-
-
-def _lines(path: Path):
-    """(line number, text) of a text file, with a clear error for undecodable bytes."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-
-
-def _tab_records(path: Path, expected: str):
-    """(line number, key, rest) of each non-blank `key<TAB>rest` line; a malformed line is an error."""
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        key, sep, rest = line.partition("\t")
-        key = key.strip()
-        if not sep or not key:
-            raise DataError(f"{path}, line {number}: expected '{expected}', got {line[:80]!r}")
-        yield number, key, rest
-
-
-def read_items(path: Path) -> dict[str, str]:
-    """item_id -> title (unescaped). A line without a tab or a repeated id is an error."""
-    titles: dict[str, str] = {}
-    for number, item_id, title in _tab_records(path, "item_id<TAB>title"):
-        if item_id in titles:
-            raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
-        titles[item_id] = html.unescape(title).strip()
-    return titles
-
-
-def read_users(path: Path) -> list[tuple[str, list[str]]]:
-    users, seen = [], {}
-    for number, user_id, items in _tab_records(path, "user_id<TAB>item item ..."):
-        if user_id in seen:
-            raise DataError(f"{path}, line {number}: user '{user_id}' already on line {seen[user_id]}")
-        seen[user_id] = number
-        users.append((user_id, items.split()))
-    return users
-
-
-def _csv_rows(path: Path, header: list[str]):
-    """(line number, row) of a CSV file whose header must be `header`."""
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            found = next(reader, None)
-            if [h.strip() for h in found or []] != header:
-                raise DataError(f"{path}, line 1: expected the header {','.join(header)}, got {found}")
-            for row in reader:
-                if not row:
-                    continue
-                if len(row) != len(header):
-                    raise DataError(f"{path}, line {reader.line_num}: expected {len(header)} fields, got {len(row)}")
-                yield reader.line_num, [v.strip() for v in row]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
-
-
-def read_titles_csv(path: Path) -> dict[str, str]:
-    titles: dict[str, str] = {}
-    for number, (item_id, title) in _csv_rows(path, ["item", "title"]):
-        if item_id in titles:
-            raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
-        titles[item_id] = html.unescape(title)
-    return titles
-
-
-def read_pairs_csv(path: Path) -> list[tuple[str, list[str]]]:
-    """Chronological sequences from `userID,videoID,timestamp` rows (stable for equal times)."""
-    events: dict[str, list[tuple[float, str]]] = {}
-    for number, (user_id, item_id, timestamp) in _csv_rows(path, ["userID", "videoID", "timestamp"]):
-        try:
-            events.setdefault(user_id, []).append((float(timestamp), item_id))
-        except ValueError:
-            raise DataError(f"{path}, line {number}: timestamp {timestamp!r} is not a number") from None
-    return [(u, [i for _, i in sorted(e, key=lambda x: x[0])]) for u, e in events.items()]
-
-
-def read_raw(fmt: str, users: Path, items: Path) -> tuple[dict[str, str], list[tuple[str, list[str]]]]:
-    """(item_id -> title, [(user_id, chronological item ids)]) of a raw dataset."""
-    if fmt == "iisan-split":
-        return read_items(items), read_users(users)
-    if fmt == "microlens":
-        sequences = read_pairs_csv(users) if users.suffix.lower() == ".csv" else read_users(users)
-        return read_titles_csv(items), sequences
-    raise DataError(f"unknown dataset format {fmt!r}")
 
 
 def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, str]:
@@ -134,10 +39,9 @@ def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, 
 
 
 def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3,
-            fmt: str = "iisan-split", videos: Path | None = None):
-    """Return (items table, sequences table, stats)."""
-    titles, users = read_raw(fmt, users_tsv, items_tsv)
-    dropped = Counter()
+            fmt: str = "iisan-split", videos: Path | None = None, **options):
+    """Return (items table, sequences table, stats). options: the format's own settings."""
+    titles, users, dropped = read_raw(fmt, users_tsv, items_tsv, **options)
 
     kept_users = []
     for user_id, items in users:
@@ -185,19 +89,22 @@ def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interacti
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--format", default="iisan-split", choices=["iisan-split", "microlens"])
+    parser.add_argument("--format", default="iisan-split", choices=sorted(FORMATS))
     parser.add_argument("--users", type=Path, required=True, help="users tsv / pairs tsv or csv")
     parser.add_argument("--items", type=Path, required=True, help="items tsv / titles csv")
     parser.add_argument("--images", type=Path, default=None)
     parser.add_argument("--videos", type=Path, default=None)
     parser.add_argument("--min-interactions", type=int, default=3)
+    parser.add_argument("--k-core", type=int, nargs=2, default=None, metavar=("USER_K", "ITEM_K"),
+                        help="amazon-2018: keep users and items with at least this many interactions")
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.min_interactions < 3:
         parser.error("--min-interactions must be at least 3 (leave-one-out needs a train, a validation and a test item)")
     try:
+        options = {"user_k": args.k_core[0], "item_k": args.k_core[1]} if args.k_core else {}
         items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions,
-                                          args.format, args.videos)
+                                          args.format, args.videos, **options)
     except DataError as e:
         raise SystemExit(f"prepare: {e}")
     with atomic_path(args.out_dir / "items.parquet") as tmp:

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.data import make_splits
-from pipeline.prepare import DataError, prepare
+from pipeline.data import DataError
+from pipeline.prepare import prepare
 
 REPO = Path(__file__).resolve().parent.parent
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific"
@@ -143,3 +144,42 @@ def test_real_microlens_sample():
                                       None, fmt="microlens", videos=MICROLENS / "videos")
     assert stats["users"] == 305 and stats["items"] == 2018 and stats["items_with_video"] == 1
     assert items.column("video").to_pylist()[items.column("item_id").to_pylist().index("10034")].endswith("10034.mp4")
+
+
+def write_gz_lines(path: Path, records) -> Path:
+    import gzip
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+def test_amazon_2018_chronological_k_core(tmp_path):
+    meta = write_gz_lines(tmp_path / "meta_X.json.gz", [
+        {"asin": a, "title": f"Item {a} &amp; co", "imageURL": []} for a in "abcdz"] + [{"asin": "a", "title": "dup"}])
+    reviews = [  # u1 and u2: 3 items each; u3 only 1 (dropped); z is rated once (dropped by item k-core)
+        {"reviewerID": "u1", "asin": "b", "unixReviewTime": 20}, {"reviewerID": "u1", "asin": "a", "unixReviewTime": 10},
+        {"reviewerID": "u1", "asin": "c", "unixReviewTime": 30}, {"reviewerID": "u2", "asin": "c", "unixReviewTime": 1},
+        {"reviewerID": "u2", "asin": "a", "unixReviewTime": 2}, {"reviewerID": "u2", "asin": "b", "unixReviewTime": 3},
+        {"reviewerID": "u2", "asin": "z", "unixReviewTime": 4}, {"reviewerID": "u3", "asin": "a", "unixReviewTime": 5},
+    ]
+    users = write_gz_lines(tmp_path / "X.json.gz", reviews)
+    items, sequences, stats = prepare(users, meta, None, fmt="amazon-2018", user_k=3, item_k=2)
+    assert items.column("item_id").to_pylist() == ["a", "b", "c"]
+    assert items.column("title").to_pylist()[0] == "Item a & co"
+    assert dict(zip(sequences.column("user_id").to_pylist(), sequences.column("items").to_pylist())) == {
+        "u1": [1, 2, 3], "u2": [3, 1, 2]}
+    assert stats["dropped"]["interactions removed by the k-core filter"] == 2  # z, then u3's a
+    assert stats["dropped"]["repeated items in the metadata file (first kept)"] == 1
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", r"X.json.gz, line 2: not a JSON object"),
+    ('{"reviewerID": "u", "asin": "a"}', r"X.json.gz, line 2: missing unixReviewTime"),
+    ('{"reviewerID": "u", "asin": "a", "unixReviewTime": "soon"}', r"line 2: unixReviewTime 'soon' is not a number"),
+])
+def test_amazon_2018_bad_lines(tmp_path, line, message):
+    meta = write_gz_lines(tmp_path / "meta_X.json.gz", [{"asin": "a", "title": "A"}])
+    users = write_gz_lines(tmp_path / "X.json.gz", [{"reviewerID": "u", "asin": "a", "unixReviewTime": 1}, line])
+    with pytest.raises(DataError, match=message):
+        prepare(users, meta, None, fmt="amazon-2018")

@@ -46,6 +46,12 @@ def dataset_inputs(wildcards):
     return files
 
 
+def k_core_arg(dataset):
+    if dataset["format"] != "amazon-2018":
+        return ""
+    return f"--k-core {dataset['k_core']['users']} {dataset['k_core']['items']}"
+
+
 def encoder_settings(wildcards):
     return json.dumps(CFG["encoders"][wildcards.encoder], sort_keys=True)
 

@@ -11,6 +11,7 @@ rule prepare:
     params:
         folders=lambda w, input: " ".join(f"--{k} {input[k]}" for k in ("images", "videos") if k in input.keys()),
         format=lambda w: CFG["datasets"][w.dataset]["format"],
+        k_core=lambda w: k_core_arg(CFG["datasets"][w.dataset]),
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
         out_dir=lambda w, output: Path(output.item_table).parent,
     log:
@@ -23,4 +24,4 @@ rule prepare:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.prepare --format {params.format} --users {input.users} --items {input.item_table} {params.folders} "
-        "--min-interactions {params.min_interactions} --out-dir {params.out_dir} > {log} 2>&1"
+        "--min-interactions {params.min_interactions} {params.k_core} --out-dir {params.out_dir} > {log} 2>&1"
