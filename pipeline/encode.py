@@ -134,43 +134,59 @@ class Backbone:
             return [len(t) for t in self.tokenizer([i["title"] for i in items])["input_ids"]]
         return [0] * len(items)
 
-    def inputs(self, items: list[dict]) -> dict:
+    def load_image(self, item: dict):
+        """(RGB image or None, status): status is ok, no_image or unreadable."""
+        if not item["image"]:
+            return None, "no_image"
+        try:
+            with Image.open(item["image"]) as im:
+                return im.convert("RGB"), "ok"
+        except OSError:
+            return None, "unreadable"
+
+    def inputs(self, items: list[dict]) -> tuple[dict | None, list[str]]:
+        """Model inputs for the usable items, and a status per item (ok, no_image, unreadable)."""
         if self.modality == "text":
             return dict(self.tokenizer(
                 [i["title"] for i in items], padding=self.padding, truncation=True,
                 max_length=self.settings["max_length"], return_tensors="pt",
-            ))
-        images = []
-        for i in items:
-            if not i["image"]:
-                raise EncodeError(f"item {i['item_id']} has no image")
-            try:
-                with Image.open(i["image"]) as im:
-                    images.append(im.convert("RGB"))
-            except OSError as e:
-                raise EncodeError(f"item {i['item_id']}: cannot read image {i['image']}: {e}") from e
-        return dict(self.processor(images=images, return_tensors="pt"))
+            )), ["ok"] * len(items)
+        loaded = [self.load_image(i) for i in items]
+        images = [im for im, status in loaded if status == "ok"]
+        inputs = dict(self.processor(images=images, return_tensors="pt")) if images else None
+        return inputs, [status for _, status in loaded]
 
     @torch.inference_mode()
-    def __call__(self, items: list[dict]) -> np.ndarray:
-        batch = {k: v.to(self.device) for k, v in self.inputs(items).items()}
+    def __call__(self, items: list[dict]) -> tuple[np.ndarray, list[str]]:
+        """Pooled kept states [B_ok, K, D] of the usable items, and every item's status."""
+        inputs, status = self.inputs(items)
+        if inputs is None:
+            return np.zeros((0, len(self.states), self.settings["hidden_size"]), np.float32), status
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
         out = self.model(**batch, output_hidden_states=True)
         mask = batch.get("attention_mask")
         hidden = out.hidden_states  # L+1 tensors [B, T, D]
         if mask is None:
             mask = torch.ones(hidden[0].shape[:2], dtype=torch.long, device=self.device)
         pooled = [self.pool(hidden[s], mask) for s in self.states]  # K x [B, D]
-        return torch.stack(pooled, dim=1).float().cpu().numpy()  # [B, K, D]
+        return torch.stack(pooled, dim=1).float().cpu().numpy(), status  # [B_ok, K, D]
+
+
+MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2}
 
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
-           chunk_items: int = 256, on_chunk_done=None) -> dict:
-    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk."""
+           chunk_items: int = 256, missing_image: str = "zeros", on_chunk_done=None) -> dict:
+    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
+
+    missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
+    like padding, and it is counted in the `missing` array) or `error`.
+    """
     items = pq.read_table(items_parquet)
     bad = [s for s in states if not 0 <= s <= settings["layers"]]
     if bad or list(states) != sorted(set(states)):
         raise EncodeError(f"kept states {list(states)} must increase within 0..{settings['layers']}")
-    expected = store_attributes(settings, states, items)
+    expected = store_attributes(settings, states, items) | {"missing_image": missing_image}
     if out.exists():
         check_attributes(dict(open_store(out).attrs), expected | {"complete": True}, out)
         print(f"{out} is complete; nothing to do")
@@ -187,8 +203,10 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
         group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
                            dtype="float16", fill_value=0)
         group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+        # per item: 0 = encoded, 1 = no image, 2 = unreadable image (states left at zero)
+        group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0)
         group.attrs.update(expected | {"chunk_items": chunk_items, "complete": False})
-    states_array, done = group["states"], group["done"]
+    states_array, done, missing = group["states"], group["done"], group["missing"]
 
     records = items.select(["item_id", "title", "image"]).to_pylist()
     done_flags = done[:]
@@ -200,16 +218,25 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
     for c in todo:
         lo, hi = c * chunk_items, min((c + 1) * chunk_items, n_rows)
         block = np.zeros((hi - lo, n_states, width), dtype=np.float32)  # row 0 stays zero (padding)
+        codes = np.zeros(hi - lo, dtype=np.uint8)
         rows = [r for r in range(lo, hi) if r > 0]
         sizes = backbone.sizes([records[r - 1] for r in rows])
         rows = [r for _, r in sorted(zip(sizes, rows))]  # similar lengths share a batch
         for b in range(0, len(rows), settings["batch_size"]):
             batch_rows = rows[b:b + settings["batch_size"]]
-            block[[r - lo for r in batch_rows]] = backbone([records[r - 1] for r in batch_rows])
+            pooled, status = backbone([records[r - 1] for r in batch_rows])
+            bad = [(r, st) for r, st in zip(batch_rows, status) if st != "ok"]
+            if bad and missing_image == "error":
+                r, st = bad[0]
+                raise EncodeError(f"item {records[r - 1]['item_id']}: {st.replace('_', ' ')} ({records[r - 1]['image']}); "
+                                  f"set encode.missing_image: zeros to encode it as zeros")
+            block[[r - lo for r, st in zip(batch_rows, status) if st == "ok"]] = pooled
+            codes[[r - lo for r, _ in bad]] = [MISSING_CODES[st] for _, st in bad]
             bar.update(len(batch_rows))
         if lo == 0:
             bar.update(1)
         states_array[lo:hi] = block.astype(np.float16)
+        missing[lo:hi] = codes
         done[c] = True
         if on_chunk_done:
             on_chunk_done(c)
@@ -217,6 +244,11 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
 
     if not all(done[:]):
         raise RuntimeError(f"{partial}: some chunks are not done")
+    codes = missing[:]
+    report = {status: int((codes == code).sum()) for status, code in MISSING_CODES.items() if code}
+    if any(report.values()):
+        print(f"{out.name}: items encoded as zeros: {report}")
+    group.attrs["missing_items"] = report
     group.attrs["complete"] = True
     group.attrs["encode_seconds"] = round(time.perf_counter() - start, 3)
     partial.rename(out)
@@ -234,11 +266,14 @@ def main(argv=None):
     parser.add_argument("--states", type=int, nargs="+", required=True, help="kept hidden-state indices")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--chunk-items", type=int, default=256)
+    parser.add_argument("--missing-image", choices=["zeros", "error"], default="zeros",
+                        help="an item without a readable image: zero states (counted) or an error")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items)
+        attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items,
+                       args.missing_image)
     except EncodeError as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.data import DataError, make_splits, read_sequences
-from pipeline.encode import EncodeError, items_fingerprint, store_bytes
+from pipeline.encode import EncodeError, items_fingerprint, open_store, store_bytes
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
 from pipeline.run import (all_item_embeddings, build_model, load_caches, model_scores,
@@ -96,6 +96,8 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         "method": run["method"],
         "encoders": {name: {"encoder": t["encoder"], "kept_states": t["kept_states"]}
                      for name, t in run["towers"].items()},
+        "missing_items": {name: dict(open_store(t["cache"]).attrs).get("missing_items", {})
+                          for name, t in run["towers"].items()},
         "metrics": metrics["reference"],
         "metrics_repeat_aware": metrics["repeat_aware"],
         "users": len(user_ids),

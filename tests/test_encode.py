@@ -71,14 +71,29 @@ def test_unmasked_mean_pads_every_title_to_max_length(item_table, tmp_path):
     np.testing.assert_allclose(a[1, 0].astype(np.float32), hidden[0].mean(0).numpy(), atol=5e-3)
 
 
-def test_missing_image_is_a_clear_error(tiny_vit, item_table, tmp_path):
+def test_missing_and_unreadable_images(tiny_vit, item_table, tmp_path):
     table = pq.read_table(item_table)
     images = table.column("image").to_pylist()
-    images[3] = None
-    pq.write_table(table.set_column(3, "image", pa.array(images, pa.string())), tmp_path / "holes.parquet")
-    with pytest.raises(SystemExit, match="encode: item I3 has no image"):
-        encode_main(["--items", str(tmp_path / "holes.parquet"), "--settings", json.dumps(tiny_vit),
-                     "--states", "0", "4", "--out", str(tmp_path / "x.zarr")])
+    images[3] = None  # item I3 has no image
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    images[5] = str(tmp_path / "broken.png")  # item I5's image cannot be read
+    holes = tmp_path / "holes.parquet"
+    pq.write_table(table.set_column(3, "image", pa.array(images, pa.string())), holes)
+
+    out = tmp_path / "zeros.zarr"
+    encode(holes, tiny_vit, [0, 4], out, chunk_items=4)
+    store = zarr.open_group(str(out), mode="r")
+    assert dict(store.attrs)["missing_items"] == {"no_image": 1, "unreadable": 1}
+    assert store["missing"][:].tolist() == [0, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0]  # rows are item_idx
+    assert not store["states"][4].any() and not store["states"][6].any() and store["states"][5].any()
+    encode(item_table, tiny_vit, [0, 4], tmp_path / "full.zarr", chunk_items=4)
+    full = states(tmp_path / "full.zarr")
+    keep = [r for r in range(12) if r not in (4, 6)]
+    assert np.array_equal(store["states"][:][keep], full[keep])  # the other items are unaffected
+
+    with pytest.raises(SystemExit, match=r"encode: item I3: no image \(None\); set encode.missing_image: zeros"):
+        encode_main(["--items", str(holes), "--settings", json.dumps(tiny_vit), "--states", "0", "4",
+                     "--missing-image", "error", "--out", str(tmp_path / "x.zarr")])
     with pytest.raises(SystemExit, match=r"kept states \[0, 9\] must increase within 0..4"):
         encode_main(["--items", str(item_table), "--settings", json.dumps(tiny_vit),
                      "--states", "0", "9", "--out", str(tmp_path / "y.zarr")])

@@ -14,6 +14,7 @@ rule encode:
         settings=encoder_settings,
         states=kept_states_arg,
         chunk_items=CFG["encode"]["chunk_items"],
+        missing_image=CFG["encode"]["missing_image"],
     log:
         "results/logs/{dataset}/encode.{encoder}.{states}.log",
     benchmark:
@@ -26,5 +27,6 @@ rule encode:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --threads {threads} "
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "--threads {threads} "
         "--out {output} > {log} 2>&1"
