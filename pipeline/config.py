@@ -107,6 +107,12 @@ def _cross_check(cfg: dict, files: list):
             for key, path in raw_paths(ds_name).items():
                 if ds.setdefault(key, path) != path:
                     _fail(files, ["datasets", ds_name, key], f"a synthetic dataset's {key} is {path}")
+        if ds["download_images"]:
+            if ds["format"] != "amazon-2018":
+                _fail(files, ["datasets", ds_name, "download_images"], "only amazon-2018 metadata has image URLs")
+            path = raw_paths(ds_name)["images"]
+            if ds.setdefault("images", path) != path:
+                _fail(files, ["datasets", ds_name, "images"], f"downloaded images go to {path}")
         ds.setdefault("images", None)
         for key in ("users", "items"):
             if key not in ds:

@@ -101,7 +101,7 @@ def read_pairs_csv(path: Path) -> Sequences:
     return [(u, [i for _, i in sorted(e, key=lambda x: x[0])]) for u, e in events.items()]
 
 
-def _json_lines(path: Path):
+def json_lines(path: Path):
     """(line number, object) of a JSON-lines file, gzip-compressed when it ends in .gz."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
@@ -147,14 +147,14 @@ def k_core(sequences: Sequences, user_k: int, item_k: int, dropped: Counter) -> 
 def read_amazon_2018(reviews: Path, meta: Path, user_k: int = 5, item_k: int = 5):
     dropped = Counter()
     titles: dict[str, str] = {}
-    for number, record in _json_lines(meta):
+    for number, record in json_lines(meta):
         (asin,) = _require(record, ("asin",), meta, number)
         if asin in titles:
             dropped["repeated items in the metadata file (first kept)"] += 1
             continue
         titles[asin] = html.unescape(str(record.get("title") or "")).strip()
     events: dict[str, list[tuple[int, str]]] = {}
-    for number, record in _json_lines(reviews):
+    for number, record in json_lines(reviews):
         user, asin, time = _require(record, ("reviewerID", "asin", "unixReviewTime"), reviews, number)
         if not isinstance(time, (int, float)):
             raise DataError(f"{reviews}, line {number}: unixReviewTime {time!r} is not a number")

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: the validated config, and functions from wildcards to files.
 import json
+import re
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_config, resolve_run, raw_paths
@@ -22,6 +23,12 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_-]+",
     encoder=r"[A-Za-z0-9_-]+",
     states=r"h\d+(-\d+)*",
+
+
+def names_matching(predicate):
+    """A wildcard pattern matching exactly the datasets for which predicate(dataset) holds."""
+    names = [re.escape(n) for n, ds in CFG["datasets"].items() if predicate(ds)]
+    return "|".join(names) if names else "(?!)"
 
 
 def default_targets():

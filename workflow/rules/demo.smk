@@ -7,6 +7,8 @@ rule synth:
         users="results/{dataset}/raw/users.tsv",
         item_table="results/{dataset}/raw/items.tsv",
         images=directory("results/{dataset}/raw/images"),
+    wildcard_constraints:
+        dataset=names_matching(lambda ds: "synthetic" in ds),
     params:
         settings=lambda w: json.dumps(CFG["datasets"][w.dataset]["synthetic"], sort_keys=True),
     log:

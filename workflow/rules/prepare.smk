@@ -1,5 +1,30 @@
 
 
+rule download_images:
+    """Fetch each item's first image (Amazon 2018 metadata) with retries; failures to a manifest.
+
+    Needs a network; never runs when the images folder already exists.
+    """
+    input:
+        meta=lambda w: CFG["datasets"][w.dataset]["items"],
+    output:
+        images=directory("results/{dataset}/raw/images"),
+        manifest="results/{dataset}/download_failures.tsv",
+    wildcard_constraints:
+        dataset=names_matching(lambda ds: ds["download_images"]),
+    log:
+        "results/logs/{dataset}/download_images.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    conda:
+        "../../envs/data.yaml"
+    shell:
+        "python -m pipeline.download_images --meta {input.meta} --out {output.images} "
+        "--manifest {output.manifest} > {log} 2>&1"
+
+
 rule prepare:
     """Raw files -> items.parquet, sequences.parquet, stats.json (what was dropped and why)."""
     input:
