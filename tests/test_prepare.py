@@ -183,3 +183,11 @@ def test_amazon_2018_bad_lines(tmp_path, line, message):
     users = write_gz_lines(tmp_path / "X.json.gz", [{"reviewerID": "u", "asin": "a", "unixReviewTime": 1}, line])
     with pytest.raises(DataError, match=message):
         prepare(users, meta, None, fmt="amazon-2018")
+
+
+def test_empty_titles_are_kept_and_counted(tmp_path):
+    items = write(tmp_path / "items.tsv", "a\t\nb\t   \nc\tC\n")
+    users = write(tmp_path / "users.tsv", "u1\ta b c\n")
+    item_table, _, stats = prepare(users, items, None)
+    assert item_table.column("title").to_pylist() == ["", "", "C"]
+    assert stats["items_with_empty_title"] == 2
