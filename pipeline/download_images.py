@@ -19,6 +19,7 @@ from tqdm import tqdm
 from pipeline.data import DataError
 from pipeline.files import atomic_path
 from pipeline.formats import json_lines
+from pipeline.prepare import IMAGE_SUFFIXES
 
 
 def first_image_urls(meta: Path) -> dict[str, str]:
@@ -35,7 +36,7 @@ def first_image_urls(meta: Path) -> dict[str, str]:
 
 def image_path(out: Path, asin: str, url: str) -> Path:
     suffix = Path(url.split("?")[0]).suffix.lower()
-    return out / f"{asin}{suffix if suffix in ('.jpg', '.jpeg', '.png') else '.jpg'}"
+    return out / f"{asin}{suffix if suffix in IMAGE_SUFFIXES else '.jpg'}"  # names prepare will find
 
 
 def fetch(url: str, path: Path, timeout: float, retries: int, backoff: float) -> str | None:

@@ -12,14 +12,20 @@ import torch
 PROTOCOLS = ("reference", "repeat_aware")
 
 
+def history_mask(histories: list, shape: tuple) -> torch.Tensor:
+    """Bool [U, N+1], True where item i is in user u's history."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for u, history in enumerate(histories):
+        mask[u, torch.as_tensor(history, dtype=torch.long)] = True
+    return mask
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: list, protocol: str) -> torch.Tensor:
     """scores [U, N+1] (column 0 = padding), targets [U] -> 1-based ranks [U] (inf for a miss)."""
     scores = scores.clone().float()
     scores[:, 0] = -torch.inf
     target_scores = scores.gather(1, targets[:, None]).squeeze(1)  # [U]
-    hidden = torch.zeros_like(scores, dtype=torch.bool)
-    for u, history in enumerate(histories):
-        hidden[u, torch.as_tensor(history, dtype=torch.long)] = True
+    hidden = history_mask(histories, scores.shape)
     target_hidden = hidden.gather(1, targets[:, None]).squeeze(1)
     if protocol == "repeat_aware":
         hidden.scatter_(1, targets[:, None], False)

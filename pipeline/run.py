@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pipeline.encode import CacheMismatch, check_attributes, open_store
-from pipeline.metrics import per_user_metrics, summarise, target_ranks
+from pipeline.metrics import history_mask, per_user_metrics, summarise, target_ranks
 from pipeline.models.item_encoder import (FrozenItemEncoder, IDItemEncoder, IISANItemEncoder, ItemEncoderConfig,
                                           TowerShape)
 from pipeline.models.recommender import Recommender
@@ -83,8 +83,7 @@ def top_k(scores: torch.Tensor, histories: list, k: int) -> tuple[torch.Tensor, 
     """Best k items per row of scores [U, N+1], excluding padding and each user's history."""
     scores = scores.detach().cpu().float().clone()
     scores[:, 0] = -torch.inf
-    for u, history in enumerate(histories):
-        scores[u, torch.as_tensor(history, dtype=torch.long)] = -torch.inf
+    scores[history_mask(histories, scores.shape)] = -torch.inf
     return scores.topk(min(k, scores.shape[1] - 1), dim=1)  # values, item indices [U, k]
 
 
