@@ -125,6 +125,8 @@ def _cross_check(cfg: dict, files: list):
                 _fail(files, where + ["path"], f"a built encoder lives at {built}")
         if ("path" in enc) == ("package" in enc):
             _fail(files, where, "give exactly one of 'path' (hub id or folder) or 'package'")
+        if enc["causal"] and enc["pooling"] == "cls":
+            _fail(files, where + ["pooling"], "a causal LLM's first token sees only itself: use mean, last or mean_unmasked")
     for run_name, run in cfg["runs"].items():
         where = ["runs", run_name]
         if run["train"]["embed_dim"] % run["train"]["user_heads"]:
@@ -165,17 +167,24 @@ def raw_paths(dataset: str) -> dict[str, str]:
 def kept_states(cfg: dict, run: dict) -> dict[str, list[int]]:
     """Hidden-state indices each tower of a run keeps, by tower name."""
     depth = {t: cfg["encoders"][run[t]]["layers"] for t in TOWERS if run[t]}
+    scheme = run["layerdrop"]
     kept = {}
     for tower, layers in depth.items():
-        explicit = run.get(f"{tower}_layers")
-        if explicit:
-            kept[tower] = layerdrop.check(explicit, layers, f"{tower}_layers")
-        elif run["layerdrop"] == "none":
+        if isinstance(scheme, dict):
+            if tower not in scheme:
+                raise ValueError(f"layerdrop names no selection for the {tower} tower "
+                                 f"(give all, symmetric, n(scheme) or a list)")
+            kept[tower] = layerdrop.from_spec(scheme[tower], layers, f"layerdrop.{tower}")
+        elif scheme == "none":
             kept[tower] = layerdrop.all_states(layers)
-        elif run["layerdrop"] == "group" and tower == "text" and "image" in depth:
-            kept[tower] = layerdrop.group(layers, depth["image"])
+        elif scheme == "group" and layers > min(depth.values()):  # the deeper tower is grouped
+            kept[tower] = layerdrop.group(layers, min(depth.values()))
         else:
             kept[tower] = layerdrop.symmetric(layers)
+    if isinstance(scheme, dict):
+        extra = sorted(set(scheme) - set(depth))
+        if extra:
+            raise ValueError(f"layerdrop names the {', '.join(extra)} tower, which the run does not have")
     return kept
 
 

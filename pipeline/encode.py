@@ -8,13 +8,13 @@ Store layout (one per dataset x encoder x kept states):
   fingerprint, ... A store whose attributes differ from the request is refused, never reused.
 The work happens in `<out>.partial`; it is renamed to `<out>` once every chunk is done, so the
 output is complete or absent. Items are processed chunk by chunk with the same batches every
-time, so a resumed store is identical to an uninterrupted one.
+time, so a resumed store is identical to an uninterrupted one (unless a batch ran out of GPU
+memory: the batch size is then halved until it fits, and the store records the size used).
 
 Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 0 2 4 6 --out X.zarr
 """
 import argparse
 import hashlib
-import importlib
 import json
 import time
 from pathlib import Path
@@ -23,14 +23,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import zarr
-from PIL import Image
 from tqdm import tqdm
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+from pipeline.backbone import Backbone, BackboneError, model_path
 from pipeline.files import sha256_file
-from pipeline.pooling import POOLERS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class EncodeError(ValueError):
@@ -39,13 +37,6 @@ class EncodeError(ValueError):
 
 class CacheMismatch(EncodeError):
     pass
-
-
-def model_path(settings: dict) -> str:
-    """Hub id or folder for from_pretrained; `package` names a module with get_model_path()."""
-    if settings.get("package"):
-        return str(importlib.import_module(settings["package"]).get_model_path())
-    return settings["path"]
 
 
 def weights_fingerprint(path: str) -> str:
@@ -78,6 +69,8 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
         "pooling": settings["pooling"],
         "max_length": settings["max_length"] if settings["modality"] == "text" else None,
         "hidden_size": settings["hidden_size"],
+        "compute_dtype": settings.get("dtype", "float32"),
+        "quantization": settings.get("quantization"),
         "dtype": "float16",
         "items": items.num_rows,
         "items_fingerprint": items_fingerprint(items),
@@ -97,79 +90,6 @@ def check_attributes(found: dict, expected: dict, where: Path) -> None:
 def open_store(path: Path) -> zarr.Group:
     """Open a finished cache read-only."""
     return zarr.open_group(str(path), mode="r")
-
-
-class Backbone:
-    """A frozen encoder that maps a list of items to pooled kept states [B, K, D]."""
-
-    def __init__(self, settings: dict, states: list[int]):
-        path = model_path(settings)
-        self.settings, self.states = settings, list(states)
-        self.modality = settings["modality"]
-        self.pool = POOLERS[settings["pooling"]]
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModel.from_pretrained(path).eval().to(self.device)
-        config = self.model.config
-        layers = getattr(config, "num_hidden_layers", None)
-        width = getattr(config, "hidden_size", None)
-        if (layers, width) != (settings["layers"], settings["hidden_size"]):
-            raise EncodeError(
-                f"{path}: the model has {layers} layers x {width}, the config says "
-                f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
-            )
-        if self.modality == "text":
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.tokenizer.padding_side = "right"  # the poolers expect real tokens first
-            if self.tokenizer.pad_token is None:  # decoder LLMs (Llama, Mistral) ship without one
-                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-            # The reference's unmasked mean averages over all max_length positions, so every
-            # title is padded to max_length: the result must not depend on its batch-mates.
-            self.padding = "max_length" if settings["pooling"] == "mean_unmasked" else True
-        else:
-            self.processor = AutoImageProcessor.from_pretrained(path)
-
-    def sizes(self, items: list[dict]) -> list[int]:
-        """A length per item, used to group similar lengths into one batch."""
-        if self.modality == "text":
-            return [len(t) for t in self.tokenizer([i["title"] for i in items])["input_ids"]]
-        return [0] * len(items)
-
-    def load_image(self, item: dict):
-        """(RGB image or None, status): status is ok, no_image or unreadable."""
-        if not item["image"]:
-            return None, "no_image"
-        try:
-            with Image.open(item["image"]) as im:
-                return im.convert("RGB"), "ok"
-        except OSError:
-            return None, "unreadable"
-
-    def inputs(self, items: list[dict]) -> tuple[dict | None, list[str]]:
-        """Model inputs for the usable items, and a status per item (ok, no_image, unreadable)."""
-        if self.modality == "text":
-            return dict(self.tokenizer(
-                [i["title"] for i in items], padding=self.padding, truncation=True,
-                max_length=self.settings["max_length"], return_tensors="pt",
-            )), ["ok"] * len(items)
-        loaded = [self.load_image(i) for i in items]
-        images = [im for im, status in loaded if status == "ok"]
-        inputs = dict(self.processor(images=images, return_tensors="pt")) if images else None
-        return inputs, [status for _, status in loaded]
-
-    @torch.inference_mode()
-    def __call__(self, items: list[dict]) -> tuple[np.ndarray, list[str]]:
-        """Pooled kept states [B_ok, K, D] of the usable items, and every item's status."""
-        inputs, status = self.inputs(items)
-        if inputs is None:
-            return np.zeros((0, len(self.states), self.settings["hidden_size"]), np.float32), status
-        batch = {k: v.to(self.device) for k, v in inputs.items()}
-        out = self.model(**batch, output_hidden_states=True)
-        mask = batch.get("attention_mask")
-        hidden = out.hidden_states  # L+1 tensors [B, T, D]
-        if mask is None:
-            mask = torch.ones(hidden[0].shape[:2], dtype=torch.long, device=self.device)
-        pooled = [self.pool(hidden[s], mask) for s in self.states]  # K x [B, D]
-        return torch.stack(pooled, dim=1).float().cpu().numpy(), status  # [B_ok, K, D]
 
 
 MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2}
@@ -192,6 +112,11 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
         print(f"{out} is complete; nothing to do")
         return expected
 
+    records = items.select(["item_id", "title", "image"]).to_pylist()
+    if settings["modality"] == "image" and not any(r["image"] for r in records):
+        raise EncodeError(f"no item of {items_parquet} has an image: set the dataset's `images` folder "
+                          f"(or use a run without an image tower)")
+
     partial = out.with_name(out.name + ".partial")
     n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
     n_chunks = -(-n_rows // chunk_items)
@@ -208,12 +133,15 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
         group.attrs.update(expected | {"chunk_items": chunk_items, "complete": False})
     states_array, done, missing = group["states"], group["done"], group["missing"]
 
-    records = items.select(["item_id", "title", "image"]).to_pylist()
     done_flags = done[:]
     todo = [c for c in range(n_chunks) if not done_flags[c]]
-    backbone = Backbone(settings, states) if todo else None
+    try:
+        backbone = Backbone(settings, states) if todo else None
+    except BackboneError as e:
+        raise EncodeError(str(e)) from None
     done_rows = sum(min(chunk_items, n_rows - c * chunk_items) for c in range(n_chunks) if done_flags[c])
     bar = tqdm(total=n_rows, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
+    batch_size = settings["batch_size"]
     start = time.perf_counter()
     for c in todo:
         lo, hi = c * chunk_items, min((c + 1) * chunk_items, n_rows)
@@ -222,9 +150,20 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
         rows = [r for r in range(lo, hi) if r > 0]
         sizes = backbone.sizes([records[r - 1] for r in rows])
         rows = [r for _, r in sorted(zip(sizes, rows))]  # similar lengths share a batch
-        for b in range(0, len(rows), settings["batch_size"]):
-            batch_rows = rows[b:b + settings["batch_size"]]
-            pooled, status = backbone([records[r - 1] for r in batch_rows])
+        b = 0
+        while b < len(rows):
+            batch_rows = rows[b:b + batch_size]
+            try:
+                pooled, status = backbone([records[r - 1] for r in batch_rows])
+            except torch.OutOfMemoryError:
+                if batch_size == 1:
+                    raise EncodeError("out of memory with a batch of one item: use a GPU with more memory, "
+                                      "device_map: auto over several GPUs, or quantization") from None
+                batch_size = max(1, batch_size // 2)  # back off and retry the same items
+                torch.cuda.empty_cache()
+                bar.write(f"out of memory: encoding on with batches of {batch_size}")
+                bar.set_postfix(batch=batch_size)
+                continue
             bad = [(r, st) for r, st in zip(batch_rows, status) if st != "ok"]
             if bad and missing_image == "error":
                 r, st = bad[0]
@@ -233,6 +172,7 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
             block[[r - lo for r, st in zip(batch_rows, status) if st == "ok"]] = pooled
             codes[[r - lo for r, _ in bad]] = [MISSING_CODES[st] for _, st in bad]
             bar.update(len(batch_rows))
+            b += len(batch_rows)
         if lo == 0:
             bar.update(1)
         states_array[lo:hi] = block.astype(np.float16)
@@ -251,6 +191,7 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
     group.attrs["missing_items"] = report
     group.attrs["complete"] = True
     group.attrs["encode_seconds"] = round(time.perf_counter() - start, 3)
+    group.attrs["batch_size_used"] = batch_size
     partial.rename(out)
     return expected
 

@@ -9,7 +9,8 @@ import zarr
 from PIL import Image
 from transformers import AutoModel, AutoTokenizer, ViTImageProcessor
 
-from pipeline.encode import CacheMismatch, encode, model_path
+from pipeline.backbone import model_path
+from pipeline.encode import CacheMismatch, encode
 from pipeline.encode import main as encode_main
 from pipeline.pooling import POOLERS
 

@@ -1,7 +1,9 @@
+import re
+
 import pytest
 
 from pipeline import layerdrop
-from pipeline.config import kept_states, load_config
+from pipeline.config import ConfigError, kept_states, load_config
 
 # DESIGN.md's group LayerDrop lists (0-based text blocks) for a 12-block image encoder.
 DESIGN_EXAMPLES = {
@@ -55,5 +57,41 @@ def test_run_layer_selection():
     assert kept_states(cfg, cfg["runs"]["r"]) == {"text": [0, 2, 8, 14, 20, 26, 32], "image": [0, 2, 4, 6, 8, 10, 12]}
     cfg = _config(layerdrop="none")
     assert kept_states(cfg, cfg["runs"]["r"])["image"] == list(range(13))
-    cfg = _config(text_layers=[0, 16, 32])
-    assert kept_states(cfg, cfg["runs"]["r"])["text"] == [0, 16, 32]
+    cfg = _config(layerdrop={"text": [0, 16, 32], "image": "6(top)"})
+    assert kept_states(cfg, cfg["runs"]["r"]) == {"text": [0, 16, 32], "image": [0, 7, 8, 9, 10, 11, 12]}
+    with pytest.raises(ConfigError, match="no selection for the image tower"):
+        _config(layerdrop={"text": "all"})
+    with pytest.raises(ConfigError, match="runs.r.layerdrop"):
+        _config(layerdrop={"text": "6(evn_all)", "image": "all"})
+    with pytest.raises(ConfigError, match="cannot keep 40 of 32 blocks"):
+        _config(layerdrop={"text": "40(top)", "image": "all"})
+
+
+# Table VIII's selections for BERT-large (24 blocks) and ViT-base (12 blocks), as 1-based blocks.
+TABLE_VIII = {
+    (24, "12(even_all)"): list(range(2, 25, 2)),
+    (24, "12(top)"): list(range(13, 25)),
+    (24, "12(down)"): list(range(1, 13)),
+    (24, "6(even_all)"): [4, 8, 12, 16, 20, 24],
+    (24, "6(even_top12)"): [14, 16, 18, 20, 22, 24],
+    (24, "6(even_down12)"): [2, 4, 6, 8, 10, 12],
+    (12, "6(even_all)"): [2, 4, 6, 8, 10, 12],
+    (12, "6(top)"): [7, 8, 9, 10, 11, 12],
+    (12, "6(down)"): [1, 2, 3, 4, 5, 6],
+    (12, "all"): list(range(1, 13)),
+}
+
+
+@pytest.mark.parametrize("layers,spec", TABLE_VIII)
+def test_table_viii_selections(layers, spec):
+    assert layerdrop.from_spec(spec, layers, "x") == [0] + TABLE_VIII[(layers, spec)]
+
+
+def test_group_is_even_all_and_specs_are_checked():
+    assert layerdrop.group(80, 12) == layerdrop.from_spec("6(even_all)", 80, "x") == [0, 5, 20, 35, 50, 65, 80]
+    assert layerdrop.from_spec("symmetric", 4, "x") == [0, 2, 4]
+    assert layerdrop.from_spec("1(even_all)", 4, "x") == [0, 4]
+    for bad, message in [("7(even_top6)", "needs 7 <= 6"), ("3(even_top30)", "needs 3 <= 30 <= 24"),
+                         ("6(middle)", "not all, symmetric"), ([0, 30], "out of range")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            layerdrop.from_spec(bad, 24, "x")

@@ -3,7 +3,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config, resolve_run, raw_paths
+from pipeline.config import CONTENT_METHODS, ConfigError, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -59,8 +59,28 @@ def k_core_arg(dataset):
     return f"--k-core {dataset['k_core']['users']} {dataset['k_core']['items']}"
 
 
+# Scheduling keys change no stored state, so they stay out of the settings that decide re-runs.
+SCHEDULING_KEYS = ("family", "gpus", "mem_mb", "runtime")
+
+
 def encoder_settings(wildcards):
-    return json.dumps(CFG["encoders"][wildcards.encoder], sort_keys=True)
+    enc = CFG["encoders"][wildcards.encoder]
+    return json.dumps({k: v for k, v in enc.items() if k not in SCHEDULING_KEYS}, sort_keys=True)
+
+
+def encoder_resource(key):
+    """A resource of the encode job from the encoder's entry (gpus, mem_mb, runtime)."""
+    return lambda wildcards: CFG["encoders"][wildcards.encoder][key]
+
+
+def run_gpus(wildcards):
+    """Training and evaluation ask for a GPU when any tower's encoder needs one: such caches are
+    large (Llama-3-70B: 7 x 8192 per item) and meant for GPU nodes."""
+    if wildcards.run not in CFG["runs"]:
+        return 0
+    run = CFG["runs"][wildcards.run]
+    towers = [run.get(t) for t in ("text", "image")] if run["method"] in CONTENT_METHODS else []
+    return int(any(CFG["encoders"][e]["gpus"] > 0 for e in towers if e))
 
 
 def encoder_inputs(wildcards):

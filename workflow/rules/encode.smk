@@ -4,7 +4,7 @@ rule encode:
     """Frozen forward passes over all items; only the kept states go into the Zarr store.
 
     Resumable: the work lives in <store>.partial until every chunk is written.
-    Uses a GPU when the job sees one (CUDA), else the CPU.
+    Uses the GPUs the job sees (CUDA), else the CPU; asks the scheduler for the encoder's `gpus`.
     """
     input:
         unpack(encoder_inputs),
@@ -21,8 +21,9 @@ rule encode:
         "results/benchmarks/{dataset}/encode.{encoder}.{states}.tsv"
     threads: CFG["encode"]["threads"]
     resources:
-        mem_mb=8000,
-        runtime=120,
+        gpu=encoder_resource("gpus"),
+        mem_mb=encoder_resource("mem_mb"),
+        runtime=encoder_resource("runtime"),
     conda:
         "../../envs/models.yaml"
     shell:

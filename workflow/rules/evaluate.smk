@@ -15,6 +15,7 @@ rule evaluate:
         "results/logs/{dataset}/evaluate.{run}.log",
     threads: CFG["train"]["threads"]
     resources:
+        gpu=run_gpus,
         mem_mb=8000,
         runtime=60,
     conda:

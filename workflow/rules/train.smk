@@ -17,6 +17,7 @@ rule train:
         "results/benchmarks/{dataset}/train.{run}.tsv"
     threads: CFG["train"]["threads"]
     resources:
+        gpu=run_gpus,
         mem_mb=8000,
         runtime=240,
     conda:

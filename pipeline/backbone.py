@@ -1,0 +1,194 @@
+"""A frozen encoder (BERT, ViT, a decoder LLM, ...) that maps items to pooled kept states.
+
+Loading follows the encoder's config entry:
+- only blocks 1..deepest kept are built and loaded: the later blocks' weights are skipped and never
+  run (early exit; the states are those of the full model at the kept indices), and a decoder
+  LLM is loaded without its LM head (the base model of AutoModel);
+- dtype (float32 / float16 / bfloat16), quantisation (bitsandbytes 8-bit or 4-bit, or a GPTQ
+  checkpoint through transformers' GPTQ integration with gptqmodel and optimum);
+- device_map "auto" spreads a large model over the GPUs of a node (accelerate); otherwise the model
+  goes to the one GPU, or the CPU when there is none.
+"""
+import importlib
+import importlib.util
+
+import numpy as np
+import torch
+import transformers
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+
+from pipeline.pooling import POOLERS
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BackboneError(ValueError):
+    """An encoder entry that does not match its checkpoint, or a missing optional package."""
+
+
+def model_path(settings: dict) -> str:
+    """Hub id or folder for from_pretrained; `package` names a module with get_model_path()."""
+    if settings.get("package"):
+        return str(importlib.import_module(settings["package"]).get_model_path())
+    return settings["path"]
+
+
+def model_class(settings: dict):
+    """The transformers class that loads the encoder: AutoModel (the base model, no task head) or
+    a named class such as SiglipVisionModel for the vision tower of a two-tower checkpoint."""
+    name = settings.get("model_class", "AutoModel")
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise BackboneError(f"model_class '{name}' is not a transformers model class")
+    return cls
+
+
+def _load_config(cls, path: str, settings: dict, deepest: int):
+    """The checkpoint's config, checked against the entry and cut to `deepest` blocks."""
+    remote = settings.get("trust_remote_code", False)
+    config_cls = AutoConfig if cls is AutoModel else cls.config_class
+    config = config_cls.from_pretrained(path, trust_remote_code=remote)
+    layers = getattr(config, "num_hidden_layers", None)
+    width = getattr(config, "hidden_size", None)
+    if (layers, width) != (settings["layers"], settings["hidden_size"]):
+        raise BackboneError(
+            f"{path}: the model has {layers} layers x {width}, the config says "
+            f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
+        )
+    if deepest < layers:
+        config.num_hidden_layers = deepest
+        if isinstance(getattr(config, "layer_types", None), list):  # per-block attention kinds
+            config.layer_types = config.layer_types[:deepest]
+        # The last returned state is then a block's output, not the final norm of the full model.
+        config.tie_last_hidden_states = False
+    return config
+
+
+def _require(module: str, extra: str, why: str):
+    if importlib.util.find_spec(module) is None:
+        raise BackboneError(f"{why} needs the '{module}' package: pip install -e '.[{extra}]' (README, GPU nodes)")
+
+
+def _quantization(settings: dict, config, path: str, dtype: torch.dtype):
+    """from_pretrained's quantization_config for the entry, or None."""
+    method = settings.get("quantization")
+    if method in ("bnb-8bit", "bnb-4bit"):
+        _require("bitsandbytes", "quantization", f"quantization: {method}")
+        if method == "bnb-8bit":
+            return transformers.BitsAndBytesConfig(load_in_8bit=True)
+        return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=dtype)
+    if method == "gptq":
+        found = getattr(config, "quantization_config", None) or {}
+        found = found if isinstance(found, dict) else found.to_dict()
+        if found.get("quant_method") != "gptq":
+            raise BackboneError(f"{path}: quantization: gptq, but the checkpoint's config.json has no GPTQ "
+                                f"quantization_config (found {found.get('quant_method')!r})")
+        _require("gptqmodel", "gptq", "a GPTQ checkpoint")
+        _require("optimum", "gptq", "a GPTQ checkpoint")
+    return None  # a GPTQ checkpoint carries its own quantization_config
+
+
+def load_model(settings: dict, deepest: int) -> torch.nn.Module:
+    """The frozen encoder with blocks 1..deepest, in eval mode, on its device(s)."""
+    path = model_path(settings)
+    cls = model_class(settings)
+    config = _load_config(cls, path, settings, deepest)
+    dtype = DTYPES[settings.get("dtype", "float32")]
+    quantization = _quantization(settings, config, path, dtype)
+    cuda = torch.cuda.is_available()
+    if settings.get("device_map") == "auto" and cuda:
+        device_map = "auto"
+    elif quantization is not None or settings.get("quantization") == "gptq":
+        device_map = "cuda:0" if cuda else "cpu"  # quantised weights are placed while loading
+    else:
+        device_map = None
+    kwargs = {"config": config, "dtype": dtype, "trust_remote_code": settings.get("trust_remote_code", False)}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the skipped blocks and LM head are expected
+    try:
+        model = cls.from_pretrained(path, **kwargs).eval()
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    if device_map is None:
+        model.to(torch.device("cuda" if cuda else "cpu"))
+    model.requires_grad_(False)
+    return model
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the inputs go: the device of the input embeddings (the first of a device map)."""
+    embeddings = model.get_input_embeddings()
+    return next(embeddings.parameters()).device
+
+
+class Backbone:
+    """A frozen encoder that maps a list of items to pooled kept states [B, K, D]."""
+
+    def __init__(self, settings: dict, states: list[int]):
+        path = model_path(settings)
+        self.settings, self.states = settings, list(states)
+        self.modality = settings["modality"]
+        self.pool = POOLERS[settings["pooling"]]
+        self.model = load_model(settings, deepest=max(states))
+        self.device = input_device(self.model)
+        if self.modality == "text":
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=settings.get("trust_remote_code", False))
+            self.tokenizer.padding_side = "right"  # the poolers expect real tokens first
+            if self.tokenizer.pad_token is None:  # decoder LLMs (Llama, Mistral) ship without one
+                self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+            # The reference's unmasked mean averages over all max_length positions, so every
+            # title is padded to max_length: the result must not depend on its batch-mates.
+            self.padding = "max_length" if settings["pooling"] == "mean_unmasked" else True
+        else:
+            self.processor = AutoImageProcessor.from_pretrained(path)
+
+    def sizes(self, items: list[dict]) -> list[int]:
+        """A length per item, used to group similar lengths into one batch."""
+        if self.modality == "text":
+            return [len(t) for t in self.tokenizer([i["title"] for i in items])["input_ids"]]
+        return [0] * len(items)
+
+    def load_image(self, item: dict):
+        """(RGB image or None, status): status is ok, no_image or unreadable."""
+        if not item["image"]:
+            return None, "no_image"
+        try:
+            with Image.open(item["image"]) as im:
+                return im.convert("RGB"), "ok"
+        except OSError:
+            return None, "unreadable"
+
+    def inputs(self, items: list[dict]) -> tuple[dict | None, list[str]]:
+        """Model inputs for the usable items, and a status per item (ok, no_image, unreadable)."""
+        if self.modality == "text":
+            return dict(self.tokenizer(
+                [i["title"] for i in items], padding=self.padding, truncation=True,
+                max_length=self.settings["max_length"], return_tensors="pt",
+            )), ["ok"] * len(items)
+        loaded = [self.load_image(i) for i in items]
+        images = [im for im, status in loaded if status == "ok"]
+        inputs = dict(self.processor(images=images, return_tensors="pt")) if images else None
+        return inputs, [status for _, status in loaded]
+
+    @torch.inference_mode()
+    def __call__(self, items: list[dict]) -> tuple[np.ndarray, list[str]]:
+        """Pooled kept states [B_ok, K, D] of the usable items, and every item's status."""
+        inputs, status = self.inputs(items)
+        if inputs is None:
+            return np.zeros((0, len(self.states), self.settings["hidden_size"]), np.float32), status
+        batch = {k: v.to(self.device) for k, v in inputs.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
+        # Only the kept states are held (the others come back as None).
+        hidden = self.model(**batch, output_hidden_states=self.states).hidden_states  # [B, T, D] or None
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(hidden[self.states[0]].shape[:2], dtype=torch.long)
+        pooled = [self.pool(hidden[s].float(), mask.to(hidden[s].device)).cpu() for s in self.states]  # K x [B, D]
+        return torch.stack(pooled, dim=1).numpy(), status  # [B_ok, K, D]
