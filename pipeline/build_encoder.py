@@ -1,6 +1,9 @@
-"""build_encoder: a random-initialised encoder saved like a real checkpoint (demo and tests).
+"""build_encoder: a random-initialised encoder saved like a real checkpoint (demo, tests, benchmarks).
 
-The pipeline then loads it with from_pretrained like any hub model, so the real loading code runs.
+A ViT with its image processor, or a decoder LLM (Llama, Mistral, Gemma, Mixtral, Qwen2) saved
+with its LM head, as on the hub, and a byte-level BPE tokenizer trained from scratch (no pad
+token, a BOS token first, like Llama's). The pipeline then loads it with from_pretrained like
+any hub model, so the real loading code runs.
 
 Usage: python -m pipeline.build_encoder --settings JSON --out DIR
 """
@@ -10,7 +13,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from transformers import ViTConfig, ViTImageProcessor, ViTModel
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast, ViTConfig, ViTImageProcessor, ViTModel
+
+from pipeline.synth import GENERIC, THEMES
+
+LLM_CONFIGS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "gemma": "GemmaConfig",
+               "mixtral": "MixtralConfig", "qwen2": "Qwen2Config"}
 
 
 def build_vit(settings: dict, out: Path) -> None:
@@ -27,15 +37,60 @@ def build_vit(settings: dict, out: Path) -> None:
     torch.manual_seed(build["seed"])
     model = ViTModel(config)
     processor = ViTImageProcessor(size={"height": build["image_size"], "width": build["image_size"]})
+    _save(out, model, processor)
+
+
+def _save(out: Path, *parts) -> None:
+    """save_pretrained each part into out, complete or not at all."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    for part in parts:
+        part.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
 
-BUILDERS = {"vit": build_vit}
+def train_tokenizer(vocab_size: int, corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text, no unknown tokens) trained on `corpus`, by default
+    the demo's title words."""
+    corpus = corpus or [" ".join(words) for words in THEMES] + GENERIC
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def llm_config(settings: dict, vocab_size: int):
+    """The transformers config of a random decoder LLM with the entry's shape."""
+    build = settings["build"]
+    heads = build["num_attention_heads"]
+    kwargs = dict(
+        vocab_size=vocab_size, hidden_size=settings["hidden_size"], num_hidden_layers=settings["layers"],
+        num_attention_heads=heads, num_key_value_heads=build.get("num_key_value_heads") or heads,
+        head_dim=settings["hidden_size"] // heads, intermediate_size=build["intermediate_size"],
+        max_position_embeddings=max(128, settings.get("max_length", 30)), bos_token_id=1, eos_token_id=2,
+    )
+    if build["architecture"] == "mixtral":
+        kwargs.update(num_local_experts=build.get("num_local_experts", 4), num_experts_per_tok=2)
+    return getattr(transformers, LLM_CONFIGS[build["architecture"]])(**kwargs)
+
+
+def build_llm(settings: dict, out: Path, corpus: list[str] | None = None, device: str = "cpu") -> None:
+    """A random decoder LLM with its LM head (as hub checkpoints are) and its tokenizer."""
+    build = settings["build"]
+    tokenizer = train_tokenizer(build.get("vocab_size", 1000), corpus)
+    torch.manual_seed(build["seed"])
+    with torch.device(device):
+        # Spare rows, as hub checkpoints have: a family's own tokenizer class (Qwen2's) adds tokens.
+        model = transformers.AutoModelForCausalLM.from_config(llm_config(settings, len(tokenizer) + 16))
+    _save(out, model, tokenizer)
+
+
+BUILDERS = {"vit": build_vit, **{name: build_llm for name in LLM_CONFIGS}}
 
 
 def main(argv=None):

@@ -95,3 +95,14 @@ def test_group_is_even_all_and_specs_are_checked():
                          ("6(middle)", "not all, symmetric"), ([0, 30], "out of range")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             layerdrop.from_spec(bad, 24, "x")
+
+
+def test_group_layerdrop_groups_the_deeper_tower():
+    """Table IV's BERT-base + ViT-huge: the 32-block image tower is grouped to the text tower's 6."""
+    cfg = load_config({
+        "datasets": {"d": {"format": "iisan-split", "users": "u.tsv", "items": "i.tsv"}},
+        "encoders": {"bert": {"path": "x", "modality": "text", "layers": 12, "hidden_size": 768},
+                     "vit-huge": {"path": "y", "modality": "image", "layers": 32, "hidden_size": 1280}},
+        "runs": {"r": {"method": "iisan", "text": "bert", "image": "vit-huge", "layerdrop": "group"}},
+    })
+    assert kept_states(cfg, cfg["runs"]["r"]) == {"text": [0, 2, 4, 6, 8, 10, 12], "image": [0, 2, 8, 14, 20, 26, 32]}
