@@ -1,0 +1,21 @@
+"""The GPU benchmark script, run at its smoke scale so that it is always exercised."""
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_llm_bench_runs_at_smoke_scale(tmp_path):
+    subprocess.run([sys.executable, "bench/llm_encode_train.py", "--scale", "smoke", "--out", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True)
+    report = json.loads((tmp_path / "llm_encode_train.smoke.json").read_text())
+    encode = report["encode"]
+    assert encode["items"] == 200 and encode["items_per_s"] > 0 and encode["tokens"] > encode["items"]
+    assert encode["kept_states"] == [0, 1, 2, 3, 4, 5, 6] and encode["blocks_run"] == 6
+    bert, big = report["train"]
+    assert bert["towers"] == {"text": "7 x 32", "image": "7 x 32"}
+    assert big["towers"] == {"text": "7 x 256", "image": "7 x 32"}  # 70B-shaped: 7 kept states, 8x wider
+    assert big["cache_bytes"] > bert["cache_bytes"] > 0
+    assert all(t["seconds_per_epoch"] > 0 and t["peak_memory_bytes"] > 0 for t in report["train"])
+    assert "70B-shaped / BERT-base-shaped" in (tmp_path / "llm_encode_train.smoke.md").read_text()
