@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup demo test lint dry-run clean
+.PHONY: setup gptq demo test lint dry-run clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -16,10 +16,20 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# GPTQ checkpoints (the paper's Llama-3-70B): gptqmodel 7.6.0 pins numpy 2.2.6, which cannot
+# resolve beside this project's numpy pin, so it is installed without its dependencies and
+# then given the ones it imports, with the project's torch, numpy and transformers held.
+# Checked on the CPU: tests/test_llm_encoders.py::test_gptq_loading then runs and passes.
+gptq: setup
+	$(BIN)/python -m pip install --quiet --no-deps gptqmodel==7.6.0 optimum==2.3.0
+	$(BIN)/python -m pip install --quiet torch==2.13.0 numpy==2.4.6 transformers==5.24.0 \
+		datasets==5.2.0 defuser==0.0.28 device-smi==0.5.7 logbar==0.4.15 protobuf==7.36.2 \
+		pypcre==0.6.4 tokenicer==0.0.14 torchao==0.18.0
+
 demo: setup
 	snakemake --cores 1 --workflow-profile workflow/profiles/default
 
-test: setup
+test: setup gptq
 	python -m pytest
 
 lint: setup

@@ -90,6 +90,8 @@ def load_config(source: str | Path | dict, files: list | None = None) -> dict:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
+        while err.context:  # a key with several allowed forms: report the form that got furthest
+            err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator not in ("type", "enum")))
         _fail(files, list(err.absolute_path), err.message)
 
     # A run's own train: block overrides only the keys it names, not the defaults.

@@ -223,3 +223,46 @@ def test_va_training_with_an_llm_text_tower(tiny_llms, tiny_vit, item_table, tmp
     assert result["encoders"]["text"] == {"encoder": "llm", "kept_states": [0, 1, 6]}
     assert result["efficiency"]["cache_bytes"] > 0
     assert json.loads((tmp_path / "va.json").read_text())["metrics"]["test"]["hr@10"] >= 0
+
+
+def test_other_hugging_face_encoders_by_config_alone(tmp_path, item_table):
+    """A SigLIP vision tower (model_class), a DINOv2 ViT and a Phi-3 LLM: entries, no code."""
+    from transformers import (BitImageProcessor, Dinov2Config, Dinov2Model, Phi3Config, Phi3ForCausalLM,
+                              SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipVisionModel)
+
+    from pipeline.build_encoder import train_tokenizer
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2)
+    SiglipModel(SiglipConfig(text_config=small | {"vocab_size": 100},
+                             vision_config=small | {"image_size": 32, "patch_size": 8})).save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "siglip")
+    Dinov2Model(Dinov2Config(**small, image_size=32, patch_size=8)).save_pretrained(tmp_path / "dinov2")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dinov2")
+    tokenizer = train_tokenizer(300)
+    Phi3ForCausalLM(Phi3Config(**small, vocab_size=len(tokenizer) + 16, pad_token_id=None)).save_pretrained(tmp_path / "phi3")
+    tokenizer.save_pretrained(tmp_path / "phi3")
+
+    common = {"layers": 4, "hidden_size": 32, "batch_size": 4, "max_length": 12}
+    entries = {
+        "siglip": common | {"path": str(tmp_path / "siglip"), "modality": "image", "model_class": "SiglipVisionModel",
+                            "pooling": "mean"},
+        "dinov2": common | {"path": str(tmp_path / "dinov2"), "modality": "image", "pooling": "cls"},
+        "phi3": common | {"path": str(tmp_path / "phi3"), "modality": "text", "causal": True, "pooling": "mean"},
+    }
+    cfg = load_config({"datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
+                       "encoders": entries, "runs": {"r": {"method": "popularity"}}})
+    for name, settings in cfg["encoders"].items():
+        encode(item_table, settings, [0, 2], tmp_path / f"{name}.zarr", chunk_items=4)
+        stored = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")["states"][:]
+        assert stored.shape == (12, 2, 32) and np.abs(stored[1:]).sum(axis=(1, 2)).all()
+
+    # The SigLIP tower's stored states are the full vision model's, at the kept indices.
+    backbone = Backbone(cfg["encoders"]["siglip"], [0, 2])
+    assert len(backbone.model.encoder.layers) == 2  # blocks 3 and 4 are not built
+    full = SiglipVisionModel.from_pretrained(tmp_path / "siglip").eval()
+    item = pq.read_table(item_table).to_pylist()[3]
+    with torch.no_grad():
+        hidden = full(**backbone.inputs([item])[0], output_hidden_states=True).hidden_states
+    stored = zarr.open_group(str(tmp_path / "siglip.zarr"), mode="r")["states"][4]
+    np.testing.assert_allclose(stored, torch.stack([hidden[0][0].mean(0), hidden[2][0].mean(0)]).numpy(),
+                               rtol=2e-3, atol=2e-3)

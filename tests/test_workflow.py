@@ -11,7 +11,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 
 TINY_CONFIG = """\
 default_targets:
-  tiny: [va, frozen, popularity]
+  tiny: [va, frozen, popularity, va-llm]
 datasets:
   tiny:
     format: iisan-split
@@ -23,8 +23,16 @@ encoders:
     layers: 2
     hidden_size: 32
     build: {architecture: vit, num_attention_heads: 2, intermediate_size: 64, patch_size: 16, image_size: 32}
+  llm-tiny:  # a random decoder LLM saved by the build_encoder rule, loaded without its LM head
+    modality: text
+    causal: true
+    pooling: mean
+    layers: 4
+    hidden_size: 48
+    build: {architecture: llama, num_attention_heads: 4, num_key_value_heads: 2, intermediate_size: 96}
 runs:
   va: {method: iisan, text: minilm, image: vit-tiny, layerdrop: group}
+  va-llm: {method: iisan, text: llm-tiny, image: vit-tiny, layerdrop: {text: "1(top)", image: all}}
   frozen: {method: frozen, text: minilm, image: vit-tiny}
   popularity: {method: popularity}
 encode: {chunk_items: 32}
@@ -42,7 +50,7 @@ def test_tiny_workflow_end_to_end(tmp_path):
     (tmp_path / "config.yaml").write_text(TINY_CONFIG)
     done = snakemake(tmp_path, "--cores", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    for run in ("va", "frozen", "popularity"):
+    for run in ("va", "frozen", "popularity", "va-llm"):
         result = json.loads((tmp_path / f"results/tiny/{run}.json").read_text())
         assert result["run"] == run and 0 <= result["metrics"]["test"]["hr@10"] <= 1
         assert (tmp_path / f"results/tiny/{run}.per_user.parquet").exists()
@@ -50,7 +58,8 @@ def test_tiny_workflow_end_to_end(tmp_path):
     caches = sorted(p.name for p in (tmp_path / "results/tiny/cache").iterdir())
     # VA keeps 2 text states (group LayerDrop of 6 blocks to a 2-block ViT); frozen reuses the
     # symmetric MiniLM selection. No half-written store is left behind.
-    assert caches == ["minilm.h0-2-4-6.zarr", "minilm.h0-6.zarr", "vit-tiny.h0-2.zarr"]
+    assert caches == ["llm-tiny.h0-4.zarr", "minilm.h0-2-4-6.zarr", "minilm.h0-6.zarr", "vit-tiny.h0-1-2.zarr",
+                      "vit-tiny.h0-2.zarr"]
     assert json.loads((tmp_path / "results/tiny/va.json").read_text())["encoders"]["text"]["kept_states"] == [0, 6]
 
     again = snakemake(tmp_path, "--cores", "1", "-n")
@@ -61,7 +70,7 @@ def test_config_error_stops_before_any_job(tmp_path):
     (tmp_path / "config.yaml").write_text(TINY_CONFIG.replace("layerdrop: group", "layerdrop: grup"))
     failed = snakemake(tmp_path, "--cores", "1", "-n")
     assert failed.returncode != 0
-    assert "config.yaml, line 15: key 'runs.va.layerdrop'" in failed.stdout + failed.stderr
+    assert "config.yaml, line 22: key 'runs.va.layerdrop'" in failed.stdout + failed.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -76,3 +85,31 @@ def test_config_error_names_the_overriding_file(tmp_path):
 def test_lint_is_clean():
     lint = subprocess.run(SNAKEMAKE + ["--lint"], capture_output=True, text=True, cwd=REPO)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
+    """The command users type first on a GPU node, planned with the repository's own config."""
+    (tmp_path / "users.tsv").write_text("u1\ta b c d\n")
+    (tmp_path / "items.tsv").write_text("a\tA\nb\tB\nc\tC\nd\tD\n")
+    (tmp_path / "here.yaml").write_text(f"datasets:\n  scientific:\n    format: iisan-split\n"
+                                        f"    users: {tmp_path / 'users.tsv'}\n    items: {tmp_path / 'items.tsv'}\n")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    plan = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                                       str(tmp_path / "here.yaml"), "-n", "results/scientific/llama3-70b.json"],
+                          capture_output=True, text=True, env=env)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-3000:]
+    jobs = {}
+    for block in out.split("rule ")[1:]:
+        name = block.split(":")[0]
+        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
+        jobs.setdefault(name, []).append((block, resources))
+    assert sorted((k, len(v)) for k, v in jobs.items()) == [("encode", 2), ("evaluate", 1), ("prepare", 1), ("train", 1)]
+    encodes = {b.split("output: ")[1].split()[0]: r for b, r in jobs["encode"]}
+    # 7 of Llama-3-70B's 81 hidden states (group LayerDrop to ViT-base's 6 blocks), on a GPU.
+    assert encodes.keys() == {"results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr",
+                              "results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"}
+    assert all("gpu=1" in r for r in encodes.values())
+    assert "runtime=360" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    assert "gpu=1" in jobs["train"][0][1] and "gpu=1" in jobs["evaluate"][0][1]
+    assert "gpu=" not in jobs["prepare"][0][1]
