@@ -35,12 +35,13 @@ import zarr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline import layerdrop  # noqa: E402
-from pipeline.build_encoder import build_llm  # noqa: E402
-from pipeline.config import load_config, resolve_run  # noqa: E402
-from pipeline.encode import encode, items_fingerprint, store_bytes  # noqa: E402
-from pipeline.prepare import prepare  # noqa: E402
-from pipeline.synth import SynthConfig, generate  # noqa: E402
+from pipeline import layerdrop
+from pipeline.build_encoder import build_llm
+from pipeline.cache import items_fingerprint, store_bytes
+from pipeline.config import load_config, resolve_run
+from pipeline.encode import encode
+from pipeline.prepare import prepare
+from pipeline.synth import SynthConfig, generate
 
 SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific"
 SCALES = {
@@ -62,7 +63,10 @@ PEAK_BF16 = {"H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, 
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    cpuinfo = Path("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")), None) if cpuinfo.exists() else None
+    return f"CPU: {model or platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def peak_flops() -> float | None:

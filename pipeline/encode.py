@@ -26,17 +26,20 @@ import zarr
 from tqdm import tqdm
 
 from pipeline.backbone import Backbone, BackboneError, model_path
+from pipeline.cache import (
+    CacheError,
+    check_attributes,
+    items_fingerprint,
+    open_store,
+    store_bytes,
+)
 from pipeline.files import sha256_file
 
 FORMAT_VERSION = 2
 
 
-class EncodeError(ValueError):
+class EncodeError(CacheError):
     """Bad input or settings, reported without a traceback by the command line."""
-
-
-class CacheMismatch(EncodeError):
-    pass
 
 
 def weights_fingerprint(path: str) -> str:
@@ -48,13 +51,6 @@ def weights_fingerprint(path: str) -> str:
     for f in sorted(folder.iterdir()):
         if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt"):
             h.update(f"{f.name}:{f.stat().st_size}:{sha256_file(f, limit=1 << 20)}".encode())
-    return h.hexdigest()[:16]
-
-
-def items_fingerprint(items) -> str:
-    h = hashlib.sha256()
-    for column in ("item_id", "title", "image"):
-        h.update(json.dumps(items.column(column).to_pylist()).encode())
     return h.hexdigest()[:16]
 
 
@@ -75,21 +71,6 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
         "items": items.num_rows,
         "items_fingerprint": items_fingerprint(items),
     }
-
-
-def check_attributes(found: dict, expected: dict, where: Path) -> None:
-    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
-    if diff:
-        lines = "\n".join(f"  {k}: store has {a!r}, request is {b!r}" for k, (a, b) in diff.items())
-        raise CacheMismatch(
-            f"{where} was written for a different request and is not reused:\n{lines}\n"
-            f"Delete it to re-encode."
-        )
-
-
-def open_store(path: Path) -> zarr.Group:
-    """Open a finished cache read-only."""
-    return zarr.open_group(str(path), mode="r")
 
 
 MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2}
@@ -194,10 +175,6 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
     group.attrs["batch_size_used"] = batch_size
     partial.rename(out)
     return expected
-
-
-def store_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def main(argv=None):

@@ -17,12 +17,20 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
+from pipeline.cache import CacheError, items_fingerprint, open_store, store_bytes
 from pipeline.data import DataError, make_splits, read_sequences
-from pipeline.encode import EncodeError, items_fingerprint, open_store, store_bytes
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
-from pipeline.run import (all_item_embeddings, build_model, load_caches, model_scores,
-                          parse_run_arguments, ranking_metrics, run_arguments, top_k)
+from pipeline.run import (
+    all_item_embeddings,
+    build_model,
+    load_caches,
+    model_scores,
+    parse_run_arguments,
+    ranking_metrics,
+    run_arguments,
+    top_k,
+)
 
 PACKAGES = ("torch", "transformers", "zarr", "numpy", "pyarrow", "snakemake")
 
@@ -137,7 +145,7 @@ def main(argv=None):
         parser.error(f"--model-dir is required for method '{run['method']}'")
     try:
         result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user, args.topk)
-    except (EncodeError, DataError) as e:
+    except (CacheError, DataError) as e:
         raise SystemExit(f"evaluate: {e}")
     for split in ("valid", "test"):
         m = result["metrics"][split]

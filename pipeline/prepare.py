@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data import DataError
-from pipeline.formats import FORMATS, read_raw
 from pipeline.files import atomic_path, write_json
+from pipeline.formats import FORMATS, read_raw
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4",)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.data import DataError, left_pad, make_splits, read_sequences
-from pipeline.encode import EncodeError
 from pipeline.evaluate import scorer
 from pipeline.run import top_k
 
@@ -50,7 +50,7 @@ def main(argv=None):
     try:
         run = resolve_run(load_config(args.config), args.dataset, args.run)
         ranked = recommend(run, Path("results") / args.dataset, args.history, args.k)
-    except (ConfigError, DataError, EncodeError, FileNotFoundError) as e:
+    except (CacheError, ConfigError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"recommend: {e}")
     for r in ranked:
         print(f"{r['rank']:>3}  {r['score']:8.3f}  {r['item_id']}  {r['title']}")

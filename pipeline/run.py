@@ -10,10 +10,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.encode import CacheMismatch, check_attributes, open_store
+from pipeline.cache import CacheMismatch, check_attributes, open_store
 from pipeline.metrics import history_mask, per_user_metrics, summarise, target_ranks
-from pipeline.models.item_encoder import (FrozenItemEncoder, IDItemEncoder, IISANItemEncoder, ItemEncoderConfig,
-                                          TowerShape)
+from pipeline.models.item_encoder import (
+    FrozenItemEncoder,
+    IDItemEncoder,
+    IISANItemEncoder,
+    ItemEncoderConfig,
+    TowerShape,
+)
 from pipeline.models.recommender import Recommender
 from pipeline.models.user_encoder import UserEncoderConfig
 

@@ -19,13 +19,22 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from pipeline.cache import CacheError, items_fingerprint
 from pipeline.data import DataError, make_splits, read_sequences
-from pipeline.encode import EncodeError, items_fingerprint
 from pipeline.files import atomic_path, write_json
 from pipeline.models.loss import in_batch_debiased_ce
-from pipeline.run import (all_item_embeddings, build_model, count_parameters, gather, load_caches,
-                                  model_scores, param_groups, parse_run_arguments, ranking_metrics,
-                                  run_arguments)
+from pipeline.run import (
+    all_item_embeddings,
+    build_model,
+    count_parameters,
+    gather,
+    load_caches,
+    model_scores,
+    param_groups,
+    parse_run_arguments,
+    ranking_metrics,
+    run_arguments,
+)
 
 
 def device() -> torch.device:
@@ -120,7 +129,7 @@ def main(argv=None):
     args = parse_run_arguments(parser, argv)
     try:
         log = train(args.run, args.items, args.sequences, args.out_dir)
-    except (EncodeError, DataError) as e:
+    except (CacheError, DataError) as e:
         raise SystemExit(f"train: {e}")
     print(f"best epoch {log['best_epoch']} of {log['epochs']}, valid NDCG@10 {log['best_valid_ndcg@10']:.4f}, "
           f"{log['seconds_per_epoch']:.2f} s/epoch")

@@ -3,13 +3,12 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import write_sequences
 
 from pipeline.config import load_config, resolve_run
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
 from pipeline.train import train
-
-from conftest import write_sequences
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -6,15 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
+from conftest import MINILM
 from PIL import Image
 from transformers import AutoModel, AutoTokenizer, ViTImageProcessor
 
 from pipeline.backbone import model_path
-from pipeline.encode import CacheMismatch, encode
+from pipeline.cache import CacheMismatch
+from pipeline.encode import encode
 from pipeline.encode import main as encode_main
 from pipeline.pooling import POOLERS
-
-from conftest import MINILM
 
 
 class Interrupt(Exception):

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import zarr
+from conftest import write_sequences
 from transformers import AutoModel, AutoTokenizer
 
 from pipeline.backbone import Backbone, BackboneError, load_model
@@ -17,8 +18,6 @@ from pipeline.encode import EncodeError, encode
 from pipeline.evaluate import evaluate
 from pipeline.pooling import POOLERS
 from pipeline.train import train
-
-from conftest import write_sequences
 
 FAMILIES = ["llama", "mistral", "gemma", "mixtral", "qwen2"]
 
@@ -227,8 +226,17 @@ def test_va_training_with_an_llm_text_tower(tiny_llms, tiny_vit, item_table, tmp
 
 def test_other_hugging_face_encoders_by_config_alone(tmp_path, item_table):
     """A SigLIP vision tower (model_class), a DINOv2 ViT and a Phi-3 LLM: entries, no code."""
-    from transformers import (BitImageProcessor, Dinov2Config, Dinov2Model, Phi3Config, Phi3ForCausalLM,
-                              SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipVisionModel)
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Phi3Config,
+        Phi3ForCausalLM,
+        SiglipConfig,
+        SiglipImageProcessor,
+        SiglipModel,
+        SiglipVisionModel,
+    )
 
     from pipeline.build_encoder import train_tokenizer
 

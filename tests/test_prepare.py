@@ -6,8 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data import make_splits
-from pipeline.data import DataError
+from pipeline.data import DataError, make_splits
 from pipeline.prepare import prepare
 
 REPO = Path(__file__).resolve().parent.parent

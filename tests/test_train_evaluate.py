@@ -4,6 +4,7 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import MINILM, write_sequences
 from safetensors.torch import load_file
 
 from pipeline.config import load_config, resolve_run
@@ -13,8 +14,6 @@ from pipeline.evaluate import evaluate
 from pipeline.recommend import recommend
 from pipeline.run import build_model
 from pipeline.train import train
-
-from conftest import MINILM, write_sequences
 
 
 @pytest.fixture

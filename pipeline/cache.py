@@ -1,0 +1,44 @@
+"""The cache contract: a Zarr store of kept, pooled states, read by train and evaluate.
+
+Layout and attributes are described in pipeline/encode.py, which writes the stores. This module
+only reads and checks them, so the training side never imports transformers.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import zarr
+
+
+class CacheError(ValueError):
+    """A missing or unusable cache, reported without a traceback by the command lines."""
+
+
+class CacheMismatch(CacheError):
+    """A store written for another request (model, kept states, items, ...)."""
+
+
+def items_fingerprint(items) -> str:
+    h = hashlib.sha256()
+    for column in ("item_id", "title", "image"):
+        h.update(json.dumps(items.column(column).to_pylist()).encode())
+    return h.hexdigest()[:16]
+
+
+def check_attributes(found: dict, expected: dict, where: Path) -> None:
+    diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+    if diff:
+        lines = "\n".join(f"  {k}: store has {a!r}, request is {b!r}" for k, (a, b) in diff.items())
+        raise CacheMismatch(
+            f"{where} was written for a different request and is not reused:\n{lines}\n"
+            f"Delete it to re-encode."
+        )
+
+
+def open_store(path: Path) -> zarr.Group:
+    """Open a finished cache read-only."""
+    return zarr.open_group(str(path), mode="r")
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
