@@ -105,7 +105,8 @@ def bench_encode(work: Path, items: Path, s: dict) -> dict:
         pq.write_table(table, work / "encode_items.parquet")
         items = work / "encode_items.parquet"
     titles = table.column("title").to_pylist()
-    build_llm(settings, work / "llm", corpus=titles, device="cuda" if torch.cuda.is_available() else "cpu")
+    build_llm(settings, work / "llm", corpus=titles, device="cuda" if torch.cuda.is_available() else "cpu",
+              dtype=getattr(torch, s["dtype"]))
     states = layerdrop.group(llm["layers"], 12)  # aligned to a ViT-base, as IISAN-VA keeps them
     encode(items, settings, states, work / "llm.zarr", chunk_items=1024)
     seconds = zarr.open_group(str(work / "llm.zarr"), mode="r").attrs["encode_seconds"]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from pipeline.pooling import POOLERS
 
@@ -47,7 +47,7 @@ def model_class(settings: dict):
 def _load_config(cls, path: str, settings: dict, deepest: int):
     """The checkpoint's config, checked against the entry and cut to `deepest` blocks."""
     remote = settings.get("trust_remote_code", False)
-    config_cls = AutoConfig if cls is AutoModel else cls.config_class
+    config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
     config = config_cls.from_pretrained(path, trust_remote_code=remote)
     layers = getattr(config, "num_hidden_layers", None)
     width = getattr(config, "hidden_size", None)
@@ -123,8 +123,10 @@ def load_model(settings: dict, deepest: int) -> torch.nn.Module:
 
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where the inputs go: the device of the input embeddings (the first of a device map)."""
-    embeddings = model.get_input_embeddings()
-    return next(embeddings.parameters()).device
+    try:
+        return next(model.get_input_embeddings().parameters()).device
+    except (NotImplementedError, AttributeError, StopIteration):
+        return next(model.parameters()).device
 
 
 class Backbone:

@@ -79,14 +79,16 @@ def llm_config(settings: dict, vocab_size: int):
     return getattr(transformers, LLM_CONFIGS[build["architecture"]])(**kwargs)
 
 
-def build_llm(settings: dict, out: Path, corpus: list[str] | None = None, device: str = "cpu") -> None:
-    """A random decoder LLM with its LM head (as hub checkpoints are) and its tokenizer."""
+def build_llm(settings: dict, out: Path, corpus: list[str] | None = None, device: str = "cpu",
+              dtype: torch.dtype = torch.float32) -> None:
+    """A random decoder LLM with its LM head (as hub checkpoints are) and its tokenizer.
+    device and dtype: where and in what the weights are made (an 8B model is made fastest on a GPU)."""
     build = settings["build"]
     tokenizer = train_tokenizer(build.get("vocab_size", 1000), corpus)
     torch.manual_seed(build["seed"])
     with torch.device(device):
         # Spare rows, as hub checkpoints have: a family's own tokenizer class (Qwen2's) adds tokens.
-        model = transformers.AutoModelForCausalLM.from_config(llm_config(settings, len(tokenizer) + 16))
+        model = transformers.AutoModelForCausalLM.from_config(llm_config(settings, len(tokenizer) + 16), dtype=dtype)
     _save(out, model, tokenizer)
 
 
