@@ -20,11 +20,14 @@ setup: $(VENV)/.installed
 # resolve beside this project's numpy pin, so it is installed without its dependencies and
 # then given the ones it imports, with the project's torch, numpy and transformers held.
 # Checked on the CPU: tests/test_llm_encoders.py::test_gptq_loading then runs and passes.
-gptq: setup
+gptq: $(VENV)/.gptq
+
+$(VENV)/.gptq: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet --no-deps gptqmodel==7.6.0 optimum==2.3.0
 	$(BIN)/python -m pip install --quiet torch==2.13.0 numpy==2.4.6 transformers==5.24.0 \
 		datasets==5.2.0 defuser==0.0.28 device-smi==0.5.7 logbar==0.4.15 protobuf==7.36.2 \
 		pypcre==0.6.4 tokenicer==0.0.14 torchao==0.18.0
+	touch $@
 
 demo: setup
 	snakemake --cores 1 --workflow-profile workflow/profiles/default

@@ -41,12 +41,12 @@ def test_explicit_lists_are_checked():
         layerdrop.check([4, 2], 6, "text_layers")
 
 
-def _config(**run):
+def _config(text_layers=32, image_layers=12, **run):
     return load_config({
         "datasets": {"d": {"format": "iisan-split", "users": "u.tsv", "items": "i.tsv"}},
         "encoders": {
-            "llm": {"path": "x", "modality": "text", "layers": 32, "hidden_size": 64},
-            "vit": {"path": "y", "modality": "image", "layers": 12, "hidden_size": 32},
+            "llm": {"path": "x", "modality": "text", "layers": text_layers, "hidden_size": 64},
+            "vit": {"path": "y", "modality": "image", "layers": image_layers, "hidden_size": 32},
         },
         "runs": {"r": {"method": "iisan", "text": "llm", "image": "vit", **run}},
     })
@@ -99,10 +99,5 @@ def test_group_is_even_all_and_specs_are_checked():
 
 def test_group_layerdrop_groups_the_deeper_tower():
     """Table IV's BERT-base + ViT-huge: the 32-block image tower is grouped to the text tower's 6."""
-    cfg = load_config({
-        "datasets": {"d": {"format": "iisan-split", "users": "u.tsv", "items": "i.tsv"}},
-        "encoders": {"bert": {"path": "x", "modality": "text", "layers": 12, "hidden_size": 768},
-                     "vit-huge": {"path": "y", "modality": "image", "layers": 32, "hidden_size": 1280}},
-        "runs": {"r": {"method": "iisan", "text": "bert", "image": "vit-huge", "layerdrop": "group"}},
-    })
+    cfg = _config(text_layers=12, image_layers=32, layerdrop="group")
     assert kept_states(cfg, cfg["runs"]["r"]) == {"text": [0, 2, 4, 6, 8, 10, 12], "image": [0, 2, 8, 14, 20, 26, 32]}
