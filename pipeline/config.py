@@ -133,8 +133,15 @@ def _cross_check(cfg: dict, files: list):
         where = ["runs", run_name]
         if run["train"]["embed_dim"] % run["train"]["user_heads"]:
             _fail(files, where + ["train"], "embed_dim must be a multiple of user_heads")
+        ablate = run.get("ablate", [])
+        if ablate and run["method"] != "iisan":
+            _fail(files, where + ["ablate"], "ablations remove parts of method 'iisan'")
         if run["method"] not in CONTENT_METHODS:
             continue
+        if ("inter" in ablate or "intra" in ablate) and not (run["text"] and run["image"]):
+            _fail(files, where + ["ablate"], "the intra/inter ablations need both a text and an image tower")
+        if {"inter", "intra"} <= set(ablate):
+            _fail(files, where + ["ablate"], "removing both the intra and the inter towers leaves nothing")
         if run["layerdrop"] == "group" and not (run["text"] and run["image"]):
             _fail(files, where + ["layerdrop"], "group LayerDrop aligns a text tower to an image tower: name both")
         if not run["text"] and not run["image"]:
@@ -218,6 +225,8 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         "run": run_name,
         "method": run["method"],
         "towers": towers,
+        # Only ablation runs carry the key, so adding it re-ran no existing run.
+        **({"ablate": run["ablate"]} if run.get("ablate") else {}),
         # Threads change no result, so they stay out of the settings that decide re-runs.
         "train": {k: v for k, v in run["train"].items() if k != "threads"},
         "evaluate": cfg["evaluate"],

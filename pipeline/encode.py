@@ -4,8 +4,9 @@ Store layout (one per dataset x encoder x kept states):
 - array `states`, shape (N+1, K, D), float16, row 0 = padding (zeros), row i = item_idx i;
   chunked along items only, so disjoint item ranges are independent writes.
 - array `done`, one bool per chunk: set after the chunk's states are written (the resume unit).
-- attributes: model, weights fingerprint, kept states, pooling, max length, dtype, item-table
-  fingerprint, ... A store whose attributes differ from the request is refused, never reused.
+- attributes: model, weights fingerprint, kept states, pooling, max length, compute dtype,
+  quantisation, item-table fingerprint, ... A store whose attributes differ from the request is
+  refused, never reused.
 The work happens in `<out>.partial`; it is renamed to `<out>` once every chunk is done, so the
 output is complete or absent. Items are processed chunk by chunk with the same batches every
 time, so a resumed store is identical to an uninterrupted one (unless a batch ran out of GPU

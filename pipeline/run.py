@@ -27,8 +27,11 @@ def build_model(run: dict, num_items: int) -> Recommender:
     t = run["train"]
     shapes = {name: TowerShape(len(tower["kept_states"]), tower["hidden_size"])
               for name, tower in run["towers"].items()}
+    ablate = run.get("ablate", [])
     item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
-                                 sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"])
+                                 sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
+                                 intra="intra" not in ablate, inter="inter" not in ablate,
+                                 learn_gates="gate" not in ablate)
     if run["method"] in ("sasrec-id", "gru4rec-id"):
         item_encoder = IDItemEncoder(num_items, t["embed_dim"])
     else:

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from pipeline.config import load_config, resolve_run
+from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.models.item_encoder import IISANItemEncoder, ItemEncoderConfig, TowerShape
 from pipeline.models.san import SANB, Gate, InterSAN, IntraSAN
 from pipeline.run import build_model, param_groups
@@ -92,3 +93,42 @@ def test_gru_encoder_ignores_left_padding():
     assert torch.allclose(out[:, 2:], alone, atol=1e-6)  # same states at the real positions
     expected, _ = gru.gru(seq)
     assert torch.allclose(alone, expected, atol=1e-6)
+
+
+def _ablation_run(ablate):
+    cfg = load_config({
+        "datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
+        "encoders": {"t": {"path": "x", "modality": "text", "layers": 4, "hidden_size": 16},
+                     "v": {"path": "y", "modality": "image", "layers": 2, "hidden_size": 8}},
+        "runs": {"r": {"method": "iisan", "text": "t", "image": "v", "layerdrop": "group", "ablate": ablate}},
+    })
+    return resolve_run(cfg, "d", "r")
+
+
+def test_table_vi_ablations_remove_their_part():
+    towers = lambda model: (sorted(model.item_encoder.intra), model.item_encoder.inter is not None,  # noqa: E731
+                            sorted(model.item_encoder.heads))
+    assert towers(build_model(_ablation_run([]), 10)) == (["image", "text"], True, ["image", "inter", "text"])
+    assert towers(build_model(_ablation_run(["intra"]), 10)) == ([], True, ["inter"])
+    assert towers(build_model(_ablation_run(["inter"]), 10)) == (["image", "text"], False, ["image", "text"])
+    assert _ablation_run([]).get("ablate") is None  # ordinary runs' settings are unchanged
+
+
+def test_without_learned_gates_only_the_gates_stay_put():
+    torch.manual_seed(0)
+    model = build_model(_ablation_run(["gate"]), 10)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    states = {"text": torch.randn(5, 3, 16), "image": torch.randn(5, 2, 8)}
+    model.embed_items(torch.arange(1, 6), states).pow(2).sum().backward()
+    optimizer.step()
+    for name, p in model.item_encoder.named_parameters():
+        moved = not torch.equal(before[f"item_encoder.{name}"], p)
+        assert moved != (".gates." in name), name  # gates stay at 0.5, everything else learns
+    assert all(g().item() == 0.5 for g in model.item_encoder.intra["text"].gates)
+
+
+def test_ablation_config_errors():
+    for ablate, message in [(["intra", "inter"], "leaves nothing"), (["fusion"], "is not one of")]:
+        with pytest.raises(ConfigError, match=message):
+            _ablation_run(ablate)

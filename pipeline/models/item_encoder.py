@@ -21,6 +21,9 @@ class ItemEncoderConfig:
     embed_dim: int = 64
     sanb_dim: int = 64
     gate_temperature: float = 0.1
+    intra: bool = True  # Table VI ablations: w/o intra-modality, w/o inter-modality, w/o gates
+    inter: bool = True
+    learn_gates: bool = True  # False: every gate stays at its initial 0.5 (equal mixture)
 
 
 class IISANItemEncoder(nn.Module):
@@ -33,17 +36,21 @@ class IISANItemEncoder(nn.Module):
         self.heads = nn.ModuleDict()
         for name in ("image", "text"):
             shape = getattr(cfg, name)
-            if shape:
+            if shape and cfg.intra:
                 self.intra[name] = IntraSAN(shape.num_states, shape.dim, cfg.sanb_dim, cfg.gate_temperature)
                 self.heads[name] = nn.Linear(shape.dim, cfg.embed_dim)
         self.inter = None
-        if cfg.text and cfg.image:
+        if cfg.text and cfg.image and cfg.inter:
             states = min(cfg.text.num_states, cfg.image.num_states)
             self.inter = InterSAN(states, cfg.text.dim, cfg.image.dim, cfg.sanb_dim, cfg.gate_temperature)
             self.heads["inter"] = nn.Linear(self.inter.dim, cfg.embed_dim)
         if not self.heads:
             raise ValueError("the item encoder has no tower")
         self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
+        if not cfg.learn_gates:
+            for name, p in self.named_parameters():
+                if ".gates." in name:
+                    p.requires_grad_(False)
 
     def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
         # states: text [B, Kt, Dt], image [B, Ki, Di] -> [B, d]
