@@ -1,9 +1,11 @@
 """A frozen encoder (BERT, ViT, a decoder LLM, ...) that maps items to pooled kept states.
 
 Loading follows the encoder's config entry:
-- only blocks 1..deepest kept are built and loaded: the later blocks' weights are skipped and never
-  run (early exit; the states are those of the full model at the kept indices), and a decoder
-  LLM is loaded without its LM head (the base model of AutoModel);
+- only blocks 1..deepest kept + 1 are built and loaded: the later blocks' weights are skipped and
+  never run (early exit). One block more than the deepest kept, because the last state a model
+  returns may have passed a final norm (transformers 5 does this for LLMs, and some architectures
+  by hand): with that margin every stored state is the full model's at its index. A decoder LLM
+  is loaded without its LM head (the base model of AutoModel);
 - dtype (float32 / float16 / bfloat16), quantisation (bitsandbytes 8-bit or 4-bit, or a GPTQ
   checkpoint through transformers' GPTQ integration with gptqmodel and optimum);
 - device_map "auto" spreads a large model over the GPUs of a node (accelerate); otherwise the model
@@ -21,6 +23,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from pipeline.pooling import POOLERS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Modules after the last hidden state, absent from e.g. ViT classification checkpoints.
+UNUSED_MODULES = ("pooler", "head")
 
 
 class BackboneError(ValueError):
@@ -45,7 +49,7 @@ def model_class(settings: dict):
 
 
 def _load_config(cls, path: str, settings: dict, deepest: int):
-    """The checkpoint's config, checked against the entry and cut to `deepest` blocks."""
+    """The checkpoint's config, checked against the entry and cut to `deepest` + 1 blocks."""
     remote = settings.get("trust_remote_code", False)
     config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
     config = config_cls.from_pretrained(path, trust_remote_code=remote)
@@ -56,25 +60,24 @@ def _load_config(cls, path: str, settings: dict, deepest: int):
             f"{path}: the model has {layers} layers x {width}, the config says "
             f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
         )
-    if deepest < layers:
-        config.num_hidden_layers = deepest
+    keep = deepest + 1  # the margin block: the last returned state (maybe normed) is never stored
+    if keep < layers:
+        config.num_hidden_layers = keep
         if isinstance(getattr(config, "layer_types", None), list):  # per-block attention kinds
-            config.layer_types = config.layer_types[:deepest]
-        # The last returned state is then a block's output, not the final norm of the full model.
-        config.tie_last_hidden_states = False
+            config.layer_types = config.layer_types[:keep]
     return config
 
 
 def _require(module: str, extra: str, why: str):
     if importlib.util.find_spec(module) is None:
-        raise BackboneError(f"{why} needs the '{module}' package: pip install -e '.[{extra}]' (README, GPU nodes)")
+        raise BackboneError(f"{why} needs the '{module}' package: {extra} (README, LLM encoders and GPU nodes)")
 
 
 def _quantization(settings: dict, config, path: str, dtype: torch.dtype):
     """from_pretrained's quantization_config for the entry, or None."""
     method = settings.get("quantization")
     if method in ("bnb-8bit", "bnb-4bit"):
-        _require("bitsandbytes", "quantization", f"quantization: {method}")
+        _require("bitsandbytes", "pip install -e '.[quantization]'", f"quantization: {method}")
         if method == "bnb-8bit":
             return transformers.BitsAndBytesConfig(load_in_8bit=True)
         return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -85,8 +88,8 @@ def _quantization(settings: dict, config, path: str, dtype: torch.dtype):
         if found.get("quant_method") != "gptq":
             raise BackboneError(f"{path}: quantization: gptq, but the checkpoint's config.json has no GPTQ "
                                 f"quantization_config (found {found.get('quant_method')!r})")
-        _require("gptqmodel", "gptq", "a GPTQ checkpoint")
-        _require("optimum", "gptq", "a GPTQ checkpoint")
+        _require("gptqmodel", "make gptq", "a GPTQ checkpoint")
+        _require("optimum", "make gptq", "a GPTQ checkpoint")
     return None  # a GPTQ checkpoint carries its own quantization_config
 
 
@@ -112,9 +115,16 @@ def load_model(settings: dict, deepest: int) -> torch.nn.Module:
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the skipped blocks and LM head are expected
     try:
-        model = cls.from_pretrained(path, **kwargs).eval()
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     finally:
         transformers.logging.set_verbosity(verbosity)
+    # Weights the checkpoint lacks would be random: refuse, except heads no hidden state goes through.
+    missing = [k for k in info["missing_keys"] if k.split(".")[0] not in UNUSED_MODULES]
+    if missing:
+        raise BackboneError(f"{path}: the checkpoint has no weights for {len(missing)} parameters of "
+                            f"{type(model).__name__} (e.g. {', '.join(sorted(missing)[:3])}); "
+                            f"check the entry's path and model_class")
+    model.eval()
     if device_map is None:
         model.to(torch.device("cuda" if cuda else "cpu"))
     model.requires_grad_(False)

@@ -193,7 +193,7 @@ def main(argv=None):
     try:
         attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items,
                        args.missing_image)
-    except EncodeError as e:
+    except CacheError as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "
           f"{store_bytes(args.out)} bytes")

@@ -1,8 +1,8 @@
 """Which hidden states a tower keeps (paper section III-E, Tables VII and VIII).
 
 Indices are hidden-state indices: 0 is the embedding output, i is the output of block i (1-based),
-so an L-block encoder has states 0..L. Every selection keeps the embedding output (the first
-SANB's input). Only the kept states are encoded and stored.
+so an L-block encoder has states 0..L. Every scheme keeps the embedding output (the first
+SANB's input); an explicit list is taken as given. Only the kept states are encoded and stored.
 
 A tower's selection is written as in Table VIII:
 - `all`: every block (w/o LayerDrop);

@@ -56,11 +56,11 @@ def full_model_states(settings: dict, titles: list[str]) -> list[tuple]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stored_states_equal_the_full_models_at_the_kept_indices(family, tiny_llms, item_table, tmp_path):
-    """Early exit is exact: the store built from blocks 1..4 holds the full model's states."""
+    """Early exit is exact: the store built from blocks 1..5 holds the full model's states."""
     settings = tiny_llms[family]
     states = [0, 2, 4]
     backbone = Backbone(settings, states)
-    assert len(backbone.model.layers) == 4  # blocks 5 and 6 are neither built nor run
+    assert len(backbone.model.layers) == 5  # block 6 is neither built nor run (5: the margin block)
     assert not hasattr(backbone.model, "lm_head")  # the base model, without the LM head
     encode(item_table, settings, states, tmp_path / "c.zarr", chunk_items=4)
     stored = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["states"][:]  # [N+1, 3, 64]
@@ -115,9 +115,28 @@ def test_config_refuses_cls_pooling_for_a_causal_model():
                      "runs": {"r": {"method": "popularity"}}})
 
 
-def test_entry_must_match_the_checkpoint(tiny_llms):
+def test_entry_must_match_the_checkpoint(tiny_llms, tmp_path):
     with pytest.raises(BackboneError, match="the model has 6 layers x 64, the config says 32 x 64"):
         load_model(tiny_llms["llama"] | {"layers": 32}, deepest=4)
+    # A checkpoint without some of the weights would leave them random: refused.
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(tiny_llms["llama"]["path"], tmp_path / "broken")
+    weights = load_file(tmp_path / "broken" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, tmp_path / "broken" / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(BackboneError, match="no weights for 9 parameters of LlamaModel"):
+        load_model(tiny_llms["llama"] | {"path": str(tmp_path / "broken")}, deepest=4)
+
+
+def test_only_the_embedding_output(tiny_llms, item_table, tmp_path):
+    settings = tiny_llms["gemma"]
+    encode(item_table, settings, [0], tmp_path / "h0.zarr", chunk_items=4)
+    stored = zarr.open_group(str(tmp_path / "h0.zarr"), mode="r")["states"][:]
+    titles = pq.read_table(item_table).column("title").to_pylist()
+    for i, hidden in enumerate(full_model_states(settings, titles), start=1):
+        np.testing.assert_allclose(stored[i, 0], hidden[0][0].mean(0).numpy(), rtol=2e-3, atol=2e-3)
 
 
 def test_out_of_memory_halves_the_batch(tiny_llms, item_table, tmp_path, monkeypatch):
@@ -266,7 +285,7 @@ def test_other_hugging_face_encoders_by_config_alone(tmp_path, item_table):
 
     # The SigLIP tower's stored states are the full vision model's, at the kept indices.
     backbone = Backbone(cfg["encoders"]["siglip"], [0, 2])
-    assert len(backbone.model.encoder.layers) == 2  # blocks 3 and 4 are not built
+    assert len(backbone.model.encoder.layers) == 3  # block 4 is not built
     full = SiglipVisionModel.from_pretrained(tmp_path / "siglip").eval()
     item = pq.read_table(item_table).to_pylist()[3]
     with torch.no_grad():

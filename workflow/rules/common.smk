@@ -59,13 +59,21 @@ def k_core_arg(dataset):
     return f"--k-core {dataset['k_core']['users']} {dataset['k_core']['items']}"
 
 
-# Scheduling keys change no stored state, so they stay out of the settings that decide re-runs.
-SCHEDULING_KEYS = ("family", "gpus", "mem_mb", "runtime")
+# Keys that change no stored state (scheduling, placement, documentation) stay out of the
+# settings that decide re-runs: moving a 70B encode to more GPUs must not redo it.
+UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal")
 
 
 def encoder_settings(wildcards):
     enc = CFG["encoders"][wildcards.encoder]
-    return json.dumps({k: v for k, v in enc.items() if k not in SCHEDULING_KEYS}, sort_keys=True)
+    return json.dumps({k: v for k, v in enc.items() if k not in UNSTORED_KEYS}, sort_keys=True)
+
+
+def build_settings(wildcards):
+    """What a random checkpoint is made from: its shape and build block, nothing else."""
+    enc = CFG["encoders"][wildcards.encoder]
+    keys = ("layers", "hidden_size", "max_length", "build")
+    return json.dumps({k: enc[k] for k in keys}, sort_keys=True)
 
 
 def encoder_resource(key):

@@ -29,7 +29,7 @@ rule build_encoder:
     output:
         directory("results/models/{encoder}"),
     params:
-        settings=encoder_settings,
+        settings=build_settings,
     log:
         "results/logs/models/{encoder}.log",
     threads: 1
