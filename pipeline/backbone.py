@@ -1,11 +1,12 @@
 """A frozen encoder (BERT, ViT, a decoder LLM, ...) that maps items to pooled kept states.
 
 Loading follows the encoder's config entry:
-- only blocks 1..deepest kept + 1 are built and loaded: the later blocks' weights are skipped and
-  never run (early exit). One block more than the deepest kept, because the last state a model
-  returns may have passed a final norm (transformers 5 does this for LLMs, and some architectures
-  by hand): with that margin every stored state is the full model's at its index. A decoder LLM
-  is loaded without its LM head (the base model of AutoModel);
+- only blocks 1..deepest kept are built and loaded: the later blocks' weights are skipped and
+  never run (early exit), and every stored state is the full model's at its index. The last
+  state a model returns may have passed its final norm: transformers' output capturing is told
+  not to substitute it, and an architecture that builds its hidden states by hand (Falcon,
+  remote code) keeps one margin block instead. A decoder LLM is loaded without its LM head (the
+  base model of AutoModel);
 - dtype (float32 / float16 / bfloat16), quantisation (bitsandbytes 8-bit or 4-bit, or a GPTQ
   checkpoint through transformers' GPTQ integration with gptqmodel and optimum);
 - device_map "auto" spreads a large model over the GPUs of a node (accelerate); otherwise the model
@@ -48,8 +49,18 @@ def model_class(settings: dict):
     return cls
 
 
+def _captures_hidden_states(cls, config) -> bool:
+    """Whether the class records hidden states with transformers' output capturing, which
+    honours config.tie_last_hidden_states (so a cut model returns its last block's raw output)."""
+    try:
+        target = cls._model_mapping[type(config)] if hasattr(cls, "_model_mapping") else cls
+    except KeyError:  # e.g. remote code registered at load time
+        return False
+    return "hidden_states" in (getattr(target, "_can_record_outputs", None) or {})
+
+
 def _load_config(cls, path: str, settings: dict, deepest: int):
-    """The checkpoint's config, checked against the entry and cut to `deepest` + 1 blocks."""
+    """The checkpoint's config, checked against the entry and cut after block `deepest`."""
     remote = settings.get("trust_remote_code", False)
     config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
     config = config_cls.from_pretrained(path, trust_remote_code=remote)
@@ -60,11 +71,14 @@ def _load_config(cls, path: str, settings: dict, deepest: int):
             f"{path}: the model has {layers} layers x {width}, the config says "
             f"{settings['layers']} x {settings['hidden_size']}; fix the encoder entry"
         )
-    keep = deepest + 1  # the margin block: the last returned state (maybe normed) is never stored
+    captured = _captures_hidden_states(cls, config)
+    keep = max(deepest if captured else deepest + 1, 1)  # a model needs a block to report state 0
     if keep < layers:
         config.num_hidden_layers = keep
         if isinstance(getattr(config, "layer_types", None), list):  # per-block attention kinds
             config.layer_types = config.layer_types[:keep]
+        if captured:  # return the last block's own output, not the full model's final norm of it
+            config.tie_last_hidden_states = False
     return config
 
 

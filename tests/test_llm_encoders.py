@@ -56,11 +56,11 @@ def full_model_states(settings: dict, titles: list[str]) -> list[tuple]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stored_states_equal_the_full_models_at_the_kept_indices(family, tiny_llms, item_table, tmp_path):
-    """Early exit is exact: the store built from blocks 1..5 holds the full model's states."""
+    """Early exit is exact: the store built from blocks 1..4 holds the full model's states."""
     settings = tiny_llms[family]
     states = [0, 2, 4]
     backbone = Backbone(settings, states)
-    assert len(backbone.model.layers) == 5  # block 6 is neither built nor run (5: the margin block)
+    assert len(backbone.model.layers) == 4  # blocks 5 and 6 are neither built nor run
     assert not hasattr(backbone.model, "lm_head")  # the base model, without the LM head
     encode(item_table, settings, states, tmp_path / "c.zarr", chunk_items=4)
     stored = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["states"][:]  # [N+1, 3, 64]
@@ -285,7 +285,7 @@ def test_other_hugging_face_encoders_by_config_alone(tmp_path, item_table):
 
     # The SigLIP tower's stored states are the full vision model's, at the kept indices.
     backbone = Backbone(cfg["encoders"]["siglip"], [0, 2])
-    assert len(backbone.model.encoder.layers) == 3  # block 4 is not built
+    assert len(backbone.model.encoder.layers) == 2  # blocks 3 and 4 are not built
     full = SiglipVisionModel.from_pretrained(tmp_path / "siglip").eval()
     item = pq.read_table(item_table).to_pylist()[3]
     with torch.no_grad():
@@ -293,3 +293,25 @@ def test_other_hugging_face_encoders_by_config_alone(tmp_path, item_table):
     stored = zarr.open_group(str(tmp_path / "siglip.zarr"), mode="r")["states"][4]
     np.testing.assert_allclose(stored, torch.stack([hidden[0][0].mean(0), hidden[2][0].mean(0)]).numpy(),
                                rtol=2e-3, atol=2e-3)
+
+
+def test_hand_built_hidden_states_keep_a_margin_block(tmp_path, item_table):
+    """Falcon returns its final norm as the last hidden state by hand: the cut keeps one block more."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    from pipeline.build_encoder import train_tokenizer
+
+    tokenizer = train_tokenizer(300)
+    config = FalconConfig(vocab_size=len(tokenizer) + 16, hidden_size=32, num_hidden_layers=4, num_attention_heads=4)
+    FalconForCausalLM(config).save_pretrained(tmp_path / "falcon")
+    tokenizer.save_pretrained(tmp_path / "falcon")
+    settings = {"path": str(tmp_path / "falcon"), "modality": "text", "causal": True, "layers": 4, "hidden_size": 32,
+                "pooling": "mean", "max_length": 12, "batch_size": 4}
+    backbone = Backbone(settings, [0, 2])
+    assert len(backbone.model.h) == 3
+    encode(item_table, settings, [0, 2], tmp_path / "c.zarr", chunk_items=4)
+    stored = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")["states"][:]
+    titles = pq.read_table(item_table).column("title").to_pylist()
+    for i, hidden in enumerate(full_model_states(settings, titles), start=1):
+        expected = torch.stack([hidden[s][0].mean(0) for s in (0, 2)]).numpy()
+        np.testing.assert_allclose(stored[i], expected, rtol=2e-3, atol=2e-3)
