@@ -127,6 +127,7 @@ def _cross_check(cfg: dict, files: list):
                 _fail(files, where + ["path"], f"a built encoder lives at {built}")
         if ("path" in enc) == ("package" in enc):
             _fail(files, where, "give exactly one of 'path' (hub id or folder) or 'package'")
+        enc.setdefault("pooling", "mean" if enc["causal"] else "cls")
         if enc["causal"] and enc["pooling"] == "cls":
             _fail(files, where + ["pooling"], "a causal LLM's first token sees only itself: use mean, last or mean_unmasked")
     for run_name, run in cfg["runs"].items():

@@ -107,6 +107,14 @@ def test_poolers_on_a_padded_batch():
     assert POOLERS["cls"](h, mask).flatten().tolist() == [0.0, 4.0]
 
 
+def test_causal_models_pool_with_the_masked_mean_by_default():
+    cfg = load_config({"datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
+                       "encoders": {"llm": {"path": "x", "modality": "text", "layers": 4, "hidden_size": 8, "causal": True},
+                                    "bert": {"path": "y", "modality": "text", "layers": 4, "hidden_size": 8}},
+                       "runs": {"r": {"method": "popularity"}}})
+    assert cfg["encoders"]["llm"]["pooling"] == "mean" and cfg["encoders"]["bert"]["pooling"] == "cls"
+
+
 def test_config_refuses_cls_pooling_for_a_causal_model():
     with pytest.raises(ConfigError, match="encoders.llm.pooling'.*first token sees only itself"):
         load_config({"datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
