@@ -14,7 +14,12 @@ from pipeline import layerdrop
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 TOWERS = ("text", "image")
-CONTENT_METHODS = ("iisan", "frozen")  # methods that read cached encoder states
+CACHED_METHODS = ("iisan", "frozen")  # read cached encoder states
+# Run their backbones inside every training step (Table III baselines; IISAN without its cache).
+UNCACHED_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached")
+CONTENT_METHODS = CACHED_METHODS + UNCACHED_METHODS  # methods with text/image encoders
+# Encoder keys that change no computed state (scheduling, placement, documentation).
+UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal")
 
 
 class ConfigError(ValueError):
@@ -177,6 +182,8 @@ def raw_paths(dataset: str) -> dict[str, str]:
 def kept_states(cfg: dict, run: dict) -> dict[str, list[int]]:
     """Hidden-state indices each tower of a run keeps, by tower name."""
     depth = {t: cfg["encoders"][run[t]]["layers"] for t in TOWERS if run[t]}
+    if run["method"] in UNCACHED_METHODS and run["method"] != "iisan-uncached":
+        return {tower: [layers] for tower, layers in depth.items()}  # the baselines read the last state
     scheme = run["layerdrop"]
     kept = {}
     for tower, layers in depth.items():
@@ -219,8 +226,11 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
                 "pooling": enc["pooling"],
                 "hidden_size": enc["hidden_size"],
                 "kept_states": states,
-                "cache": cache_path(dataset, run[tower], states),
             }
+            if run["method"] in CACHED_METHODS:
+                towers[tower]["cache"] = cache_path(dataset, run[tower], states)
+            else:  # the backbone is loaded by train and evaluate themselves
+                towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS}
     return {
         "dataset": dataset,
         "run": run_name,

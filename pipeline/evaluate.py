@@ -48,7 +48,7 @@ def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
     if run["method"] == "popularity":
         counts = torch.as_tensor(item_counts, dtype=torch.float32)
         return lambda inputs: counts.expand(len(inputs), -1)
-    model = build_model(run, num_items)
+    model = build_model(run, num_items, items)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     caches = load_caches(run, items_fingerprint(items))
@@ -105,7 +105,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         "encoders": {name: {"encoder": t["encoder"], "kept_states": t["kept_states"]}
                      for name, t in run["towers"].items()},
         "missing_items": {name: dict(open_store(t["cache"]).attrs).get("missing_items", {})
-                          for name, t in run["towers"].items()},
+                          for name, t in run["towers"].items() if "cache" in t},
         "metrics": metrics["reference"],
         "metrics_repeat_aware": metrics["repeat_aware"],
         "users": len(user_ids),
@@ -118,7 +118,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
             "peak_memory_bytes": log.get("peak_memory_bytes"),
             "trainable_params": log.get("trainable_params", 0),
             "total_params": log.get("total_params", 0),
-            "cache_bytes": sum(store_bytes(t["cache"]) for t in run["towers"].values()),
+            "cache_bytes": sum(store_bytes(t["cache"]) for t in run["towers"].values() if "cache" in t),
             "device": log.get("device", "cpu"),
         },
         "config": run,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -19,11 +20,13 @@ from pipeline.models.item_encoder import (
     ItemEncoderConfig,
     TowerShape,
 )
+from pipeline.config import UNCACHED_METHODS
 from pipeline.models.recommender import Recommender
 from pipeline.models.user_encoder import UserEncoderConfig
 
 
-def build_model(run: dict, num_items: int) -> Recommender:
+def build_model(run: dict, num_items: int, items: pa.Table | None = None) -> Recommender:
+    """The run's model; uncached methods also load their backbones and prepare `items`' inputs."""
     t = run["train"]
     shapes = {name: TowerShape(len(tower["kept_states"]), tower["hidden_size"])
               for name, tower in run["towers"].items()}
@@ -32,22 +35,35 @@ def build_model(run: dict, num_items: int) -> Recommender:
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
                                  intra="intra" not in ablate, inter="inter" not in ablate,
                                  learn_gates="gate" not in ablate)
-    if run["method"] in ("sasrec-id", "gru4rec-id"):
+    method, backbones = run["method"], None
+    if method in ("sasrec-id", "gru4rec-id"):
         item_encoder = IDItemEncoder(num_items, t["embed_dim"])
-    else:
-        item_encoder = {"iisan": IISANItemEncoder, "frozen": FrozenItemEncoder}[run["method"]](item_cfg)
+    elif method in ("iisan", "iisan-uncached"):
+        item_encoder = IISANItemEncoder(item_cfg)
+    else:  # frozen and the uncached baselines: the last state of each tower -> heads -> fusion
+        item_encoder = FrozenItemEncoder(item_cfg)
+    if method in UNCACHED_METHODS:
+        if items is None:
+            raise ValueError(f"method '{method}' runs its backbones: build_model needs the item table")
+        from pipeline.models.live import LiveTower  # transformers is imported only where backbones run
+
+        records = items.select(["item_id", "title", "image"]).to_pylist()
+        adapt = "frozen" if method == "iisan-uncached" else method
+        backbones = nn.ModuleDict({name: LiveTower(tower["settings"], tower["kept_states"], records, adapt)
+                                   for name, tower in run["towers"].items()})
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
                                  max_len=t["max_history"], dropout=t["dropout"])
-    return Recommender(item_encoder, user_cfg, user_encoder="gru" if run["method"] == "gru4rec-id" else "sasrec")
+    return Recommender(item_encoder, user_cfg, user_encoder="gru" if method == "gru4rec-id" else "sasrec",
+                       backbones=backbones)
 
 
 def param_groups(model: Recommender, t: dict) -> list[dict]:
     """The reference's learning rates: user encoder and fusion, image and inter side, text side."""
     groups = {"user": [], "image": [], "text": []}
     for name, p in model.named_parameters():
-        if name.startswith("item_encoder.") and ".text." in name:
+        if name.startswith(("item_encoder.", "backbones.text.")) and ".text." in name:
             groups["text"].append(p)
-        elif name.startswith(("item_encoder.intra", "item_encoder.inter", "item_encoder.heads")):
+        elif name.startswith(("item_encoder.intra", "item_encoder.inter", "item_encoder.heads", "backbones.image.")):
             groups["image"].append(p)
         else:  # user encoder, fusion layer
             groups["user"].append(p)
@@ -57,6 +73,8 @@ def param_groups(model: Recommender, t: dict) -> list[dict]:
 def load_caches(run: dict, items_fingerprint: str) -> dict[str, torch.Tensor]:
     """Each tower's cached states [N+1, K, D] (float16, in memory), checked against the run."""
     caches = {}
+    if run["method"] in UNCACHED_METHODS:  # their backbones run in the loop
+        return caches
     for name, tower in run["towers"].items():
         if not Path(tower["cache"]).is_dir():
             raise CacheMismatch(f"{tower['cache']}: no cache; run the encode stage first")
@@ -74,6 +92,8 @@ def gather(caches: dict[str, torch.Tensor], ids: torch.Tensor) -> dict[str, torc
 
 @torch.no_grad()
 def all_item_embeddings(model: Recommender, caches: dict, num_items: int, batch: int = 4096) -> torch.Tensor:
+    if model.backbones is not None:  # every item through the backbones: smaller batches
+        batch = min(batch, 256)
     ids = torch.arange(num_items + 1, device=next(model.parameters()).device)
     return torch.cat([model.embed_items(ids[i:i + batch], gather(caches, ids[i:i + batch]))
                       for i in range(0, len(ids), batch)])

@@ -59,7 +59,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     if len(splits.train_windows) == 0:
         raise DataError("no user has 2 training items (4 interactions): nothing to train on")
     caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
-    model = build_model(run, splits.num_items).to(dev)
+    model = build_model(run, splits.num_items, items).to(dev)
     optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)

@@ -3,7 +3,7 @@ import json
 import re
 from pathlib import Path
 
-from pipeline.config import CONTENT_METHODS, ConfigError, load_config, resolve_run, raw_paths
+from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -59,11 +59,8 @@ def k_core_arg(dataset):
     return f"--k-core {dataset['k_core']['users']} {dataset['k_core']['items']}"
 
 
-# Keys that change no stored state (scheduling, placement, documentation) stay out of the
-# settings that decide re-runs: moving a 70B encode to more GPUs must not redo it.
-UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal")
-
-
+# Keys that change no stored state (scheduling, placement, documentation; UNSTORED_KEYS) stay
+# out of the settings that decide re-runs: moving a 70B encode to more GPUs must not redo it.
 def encoder_settings(wildcards):
     enc = CFG["encoders"][wildcards.encoder]
     return json.dumps({k: v for k, v in enc.items() if k not in UNSTORED_KEYS}, sort_keys=True)
@@ -103,8 +100,12 @@ def kept_states_arg(wildcards):
 
 
 def run_caches(wildcards):
+    """A cached run's stores; an uncached run's built encoders (hub models need no input)."""
     run = resolve_run(CFG, wildcards.dataset, wildcards.run)
-    return [tower["cache"] for tower in run["towers"].values()]
+    caches = [tower["cache"] for tower in run["towers"].values() if "cache" in tower]
+    built = [CFG["encoders"][t["encoder"]]["path"] for t in run["towers"].values()
+             if "cache" not in t and "build" in CFG["encoders"][t["encoder"]]]
+    return caches + built
 
 
 def tables(dataset):

@@ -1,0 +1,65 @@
+"""A backbone in the loop: item ids -> pooled kept states [B, K, D], computed at every step.
+
+The uncached baselines (FFT, Adapter, LoRA, BitFit) and IISAN without its cache run their
+backbones here instead of reading a Zarr store. Each item's model inputs (token ids, or the
+processed cover) are prepared once; the forward passes are what every step pays for.
+"""
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.backbone import Backbone
+from pipeline.models.tuning import prepare_backbone
+
+
+def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> dict[str, torch.Tensor]:
+    """Model inputs of every item, row 0 = padding: token ids + mask [N+1, T], or pixels [N+1, 3, S, S]
+    (float16; an item without a readable image keeps zeros, the processor's mean colour)."""
+    if backbone.modality == "text":
+        inputs = backbone.inputs([{"title": ""}] + records)[0]
+        inputs["attention_mask"][0, 0] = 1  # the padding row sees one token: no all-masked softmax
+        return inputs
+    pixels = None
+    for lo in range(0, len(records), chunk):
+        part = records[lo:lo + chunk]
+        inputs, status = backbone.inputs(part)
+        if inputs is None:
+            continue
+        values = inputs["pixel_values"]  # [B_ok, 3, S, S]
+        if pixels is None:
+            pixels = torch.zeros((len(records) + 1, *values.shape[1:]), dtype=torch.float16)
+        rows = 1 + lo + np.flatnonzero([s == "ok" for s in status])
+        pixels[torch.as_tensor(rows)] = values.to(torch.float16)
+    if pixels is None:
+        raise ValueError("no item has a readable image: the image tower has nothing to see")
+    return {"pixel_values": pixels}
+
+
+class LiveTower(nn.Module):
+    """One modality's backbone, adapted by `method` (see tuning.py), pooled at the kept states."""
+
+    def __init__(self, settings: dict, states: list[int], records: list[dict], method: str):
+        super().__init__()
+        backbone = Backbone(settings, states)
+        self.states, self.pool = list(states), backbone.pool
+        self.inputs = item_inputs(backbone, records)  # CPU tensors, not part of the checkpoint
+        self.model = prepare_backbone(backbone.model, method)
+        self.trainable = any(p.requires_grad for p in self.model.parameters())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.trainable:  # a frozen backbone behaves as when its states were cached
+            self.model.eval()
+        return self
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [B] -> [B, K, D]
+        device = next(self.model.parameters()).device
+        batch = {k: v[ids.cpu()].to(device) for k, v in self.inputs.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(next(self.model.parameters()).dtype)
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            hidden = self.model(**batch, output_hidden_states=self.states).hidden_states
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones(hidden[self.states[0]].shape[:2], dtype=torch.long, device=device)
+            return torch.stack([self.pool(hidden[s].float(), mask) for s in self.states], dim=1)
