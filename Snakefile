@@ -10,6 +10,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/efficiency.smk"
 
 
 rule all:

@@ -165,6 +165,12 @@ def _cross_check(cfg: dict, files: list):
             kept_states(cfg, run)
         except ValueError as e:
             _fail(files, where, str(e))
+    eff = cfg["efficiency"]
+    for i, run_name in enumerate(eff["runs"]):
+        if run_name not in cfg["runs"]:
+            _fail(files, ["efficiency", "runs", i], f"unknown run '{run_name}'")
+    if eff["runs"] and eff["reference"] not in eff["runs"]:
+        _fail(files, ["efficiency", "reference"], f"'{eff['reference']}' is not one of efficiency.runs")
     for dataset, runs in cfg["default_targets"].items():
         if dataset not in cfg["datasets"]:
             _fail(files, ["default_targets", dataset], f"unknown dataset '{dataset}'")

@@ -47,6 +47,18 @@ def peak_memory_bytes(dev: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def train_step(model, optimizer, window: torch.Tensor, caches: dict, log_pop: torch.Tensor) -> float:
+    """One optimisation step on training windows [B, L+1]; returns the loss."""
+    unique, inverse = torch.unique(window, return_inverse=True)
+    embs = model.embed_items(unique, gather(caches, unique))[inverse]  # [B, L+1, d]
+    states = model.user_states(embs[:, :-1], window[:, :-1])  # [B, L, d]
+    loss = in_batch_debiased_ce(states, embs, window, log_pop)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path, progress: bool = True) -> dict:
     t = run["train"]
     torch.manual_seed(t["seed"])
@@ -79,15 +91,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         start, losses = time.perf_counter(), []
         order = torch.as_tensor(rng.permutation(len(windows)), device=dev)
         for lo in range(0, len(windows), t["batch_size"]):
-            window = windows[order[lo:lo + t["batch_size"]]]  # [B, L+1]
-            unique, inverse = torch.unique(window, return_inverse=True)
-            embs = model.embed_items(unique, gather(caches, unique))[inverse]  # [B, L+1, d]
-            states = model.user_states(embs[:, :-1], window[:, :-1])  # [B, L, d]
-            loss = in_batch_debiased_ce(states, embs, window, log_pop)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(model, optimizer, windows[order[lo:lo + t["batch_size"]]], caches, log_pop))
         seconds = time.perf_counter() - start
         valid = validation_ndcg()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 3),

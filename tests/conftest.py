@@ -4,8 +4,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
+from transformers import AutoTokenizer, BertConfig, BertModel
 
+from pipeline.backbone import model_path
 from pipeline.build_encoder import build_vit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,3 +52,15 @@ def write_sequences(path: Path, n_users: int, n_items: int = 11, seed: int = 0) 
     pq.write_table(pa.table({"user_id": [f"u{i}" for i in range(n_users)],
                              "items": pa.array(sequences, pa.list_(pa.int32()))}), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> dict:
+    """A 2-block, 32-wide random BERT with MiniLM's tokenizer, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("models") / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(model_path(MINILM))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return {"path": str(path), "modality": "text", "layers": 2, "hidden_size": 32, "batch_size": 8}

@@ -1,9 +1,8 @@
 """Uncached baselines (Table III): each trains exactly the parameters its method names."""
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
+from conftest import write_sequences
 
-from pipeline.backbone import model_path
 from pipeline.config import load_config, resolve_run
 from pipeline.data import make_splits, read_sequences
 from pipeline.evaluate import evaluate
@@ -11,20 +10,6 @@ from pipeline.models.loss import in_batch_debiased_ce
 from pipeline.models.tuning import HoulsbyAdapter
 from pipeline.run import build_model, param_groups
 from pipeline.train import train
-
-from conftest import MINILM, write_sequences
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> dict:
-    """A 2-block, 32-wide random BERT with MiniLM's tokenizer, saved like a hub checkpoint."""
-    path = tmp_path_factory.mktemp("models") / "tiny-bert"
-    tokenizer = AutoTokenizer.from_pretrained(model_path(MINILM))
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return {"path": str(path), "modality": "text", "layers": 2, "hidden_size": 32, "batch_size": 8}
 
 
 def run_for(method, tiny_bert, tiny_vit, **train):

@@ -2,6 +2,7 @@
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
@@ -100,8 +101,12 @@ def kept_states_arg(wildcards):
 
 
 def run_caches(wildcards):
+    return run_inputs(wildcards.dataset, wildcards.run)
+
+
+def run_inputs(dataset, run_name):
     """A cached run's stores; an uncached run's built encoders (hub models need no input)."""
-    run = resolve_run(CFG, wildcards.dataset, wildcards.run)
+    run = resolve_run(CFG, dataset, run_name)
     caches = [tower["cache"] for tower in run["towers"].values() if "cache" in tower]
     built = [CFG["encoders"][t["encoder"]]["path"] for t in run["towers"].values()
              if "cache" not in t and "build" in CFG["encoders"][t["encoder"]]]
@@ -118,3 +123,22 @@ def evaluate_inputs(wildcards):
         files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
         files["caches"] = run_caches(wildcards)
     return files
+
+
+def efficiency_runs(wildcards):
+    """The compared runs, resolved for the dataset, as JSON {name: run}."""
+    names = CFG["efficiency"]["runs"]
+    if not names:
+        raise WorkflowError("results/<dataset>/efficiency.csv needs efficiency.runs and efficiency.reference in the config")
+    return json.dumps({n: json.loads(run_settings(SimpleNamespace(dataset=wildcards.dataset, run=n), "train")) for n in names},
+                      sort_keys=True)
+
+
+def efficiency_inputs(wildcards):
+    files = tables(wildcards.dataset)
+    files["runs"] = sorted({f for n in CFG["efficiency"]["runs"] for f in run_inputs(wildcards.dataset, n)})
+    return files
+
+
+def efficiency_gpus(wildcards):
+    return max(run_gpus(SimpleNamespace(dataset=wildcards.dataset, run=n)) for n in CFG["efficiency"]["runs"])

@@ -1,0 +1,32 @@
+
+
+rule efficiency:
+    """Training time per epoch and peak memory of the compared runs at each batch size (RQ4,
+    Figure 5), measured side by side on this machine; ratios to the cached IISAN run."""
+    input:
+        unpack(efficiency_inputs),
+    output:
+        csv="results/{dataset}/efficiency.csv",
+        png="results/{dataset}/efficiency.png",
+    params:
+        runs=efficiency_runs,
+        reference=CFG["efficiency"]["reference"],
+        batch_sizes=" ".join(str(b) for b in CFG["efficiency"]["batch_sizes"]),
+        steps=CFG["efficiency"]["steps"],
+        warmup=CFG["efficiency"]["warmup"],
+    log:
+        "results/logs/{dataset}/efficiency.log",
+    benchmark:
+        "results/benchmarks/{dataset}/efficiency.tsv"
+    threads: CFG["efficiency"]["threads"]
+    resources:
+        gpu=efficiency_gpus,
+        mem_mb=16000,
+        runtime=240,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.efficiency --runs {params.runs:q} --reference {params.reference} "
+        "--items {input.item_table} --sequences {input.sequences} --batch-sizes {params.batch_sizes} "
+        "--steps {params.steps} --warmup {params.warmup} --threads {threads} "
+        "--out {output.csv} --plot {output.png} > {log} 2>&1"
