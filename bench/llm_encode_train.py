@@ -74,17 +74,19 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None) if torch.cuda.is_available() else None
 
 
-def tables(work: Path, scale: str) -> tuple[Path, Path, str]:
-    """items.parquet and sequences.parquet: Scientific when present (not at smoke scale), else synthetic."""
-    if scale != "smoke" and SCIENTIFIC.is_dir():
+def tables(work: Path, scale: str, images: bool = False) -> tuple[Path, Path, str]:
+    """items.parquet and sequences.parquet: Scientific when present (not at smoke scale, nor when
+    images are needed: it has none offline), else the synthetic demo generator's, with covers."""
+    if scale != "smoke" and SCIENTIFIC.is_dir() and not images:
         users, items, name = (SCIENTIFIC / "am_Industrial_and_Scientific_users.tsv",
                               SCIENTIFIC / "Industrial_and_Scientific_items.tsv", "Amazon Scientific")
     else:
         n = 300 if scale == "smoke" else 2000
         users, items = work / "users.tsv", work / "items.tsv"
-        generate(SynthConfig(n_items=n, n_users=int(n * 1.5), image_size=16), users, items, work / "images")
+        generate(SynthConfig(n_items=n, n_users=int(n * 1.5), image_size=16 if scale == "smoke" else 64),
+                 users, items, work / "images")
         name = f"synthetic ({n} items)"
-    item_table, sequences, _ = prepare(users, items, None)
+    item_table, sequences, _ = prepare(users, items, work / "images" if images else None)
     pq.write_table(item_table, work / "items.parquet")
     pq.write_table(sequences, work / "sequences.parquet")
     return work / "items.parquet", work / "sequences.parquet", name

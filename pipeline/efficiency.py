@@ -12,7 +12,7 @@ Peak memory: torch.cuda.max_memory_allocated on a GPU, else the process's peak r
 
 Usage: python -m pipeline.efficiency --runs JSON --reference iisan-vs --items I --sequences S
        --batch-sizes 1 2 4 8 16 32 [--steps 5] [--warmup 2] --out X.csv --plot X.png
-(--runs: {name: resolved run}, as the Snakemake rule passes it.)
+(--runs: a list of resolved runs, as the Snakemake rule passes it.)
 """
 import argparse
 import csv
@@ -134,7 +134,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", nargs="?", choices=["compare", "measure"], default="compare",
                         help="compare (default): every run and batch size; measure: one, as JSON")
-    parser.add_argument("--runs", help="compare: {name: resolved run} as JSON")
+    parser.add_argument("--runs", help="compare: a JSON list of resolved runs")
     parser.add_argument("--run", help="measure: one resolved run as JSON")
     parser.add_argument("--reference", help="compare: the run the ratios divide by (cached IISAN)")
     parser.add_argument("--items", type=Path, required=True)
@@ -154,10 +154,10 @@ def main(argv=None):
                                      args.steps, args.warmup)))
             return
         runs = json.loads(args.runs)
-        if args.reference not in runs:
-            parser.error(f"--reference {args.reference} is not among the runs ({', '.join(runs)})")
+        if args.reference not in [run["run"] for run in runs]:
+            parser.error(f"--reference {args.reference} is not among the runs")
         rows = []
-        for run in runs.values():
+        for run in runs:
             for size in args.batch_sizes:
                 rows.append(measure_in_subprocess(run, args.items, args.sequences, size, args.steps, args.warmup,
                                                   args.threads))
@@ -168,7 +168,7 @@ def main(argv=None):
         raise SystemExit(f"efficiency: {e}")
     rows = with_ratios(rows, args.reference)
     write_csv(rows, args.out)
-    dataset = next(iter(runs.values()))["dataset"]
+    dataset = runs[0]["dataset"]
     plot(rows, args.plot, f"{dataset}: training cost against batch size ({rows[0]['device']})")
 
 

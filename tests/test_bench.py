@@ -19,3 +19,14 @@ def test_llm_bench_runs_at_smoke_scale(tmp_path):
     assert big["cache_bytes"] > bert["cache_bytes"] > 0
     assert all(t["seconds_per_epoch"] > 0 and t["peak_memory_bytes"] > 0 for t in report["train"])
     assert "70B-shaped / BERT-base-shaped" in (tmp_path / "llm_encode_train.smoke.md").read_text()
+
+
+def test_efficiency_bench_runs_at_smoke_scale(tmp_path):
+    subprocess.run([sys.executable, "bench/efficiency_bert_vit.py", "--scale", "smoke", "--out", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True)
+    report = json.loads((tmp_path / "efficiency.smoke.json").read_text())
+    runs = [r["run"] for r in report["rows"]]
+    assert runs == ["iisan-vs", "iisan-uncached", "fft", "adapter", "lora", "bitfit"]
+    by = {r["run"]: r for r in report["rows"]}
+    assert by["iisan-vs"]["time_ratio"] == 1.0 and by["fft"]["trainable_params"] > by["lora"]["trainable_params"]
+    assert (tmp_path / "efficiency.smoke.png").exists() and (tmp_path / "efficiency.smoke.csv").exists()

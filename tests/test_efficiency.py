@@ -37,7 +37,7 @@ def test_efficiency_compares_cached_and_uncached_runs(tiny_bert, tiny_vit, item_
     for tower in runs["iisan"]["towers"].values():
         encode(item_table, cfg["encoders"][tower["encoder"]], tower["kept_states"], tmp_path / tower["cache"],
                chunk_items=4)
-    efficiency_main(["--runs", json.dumps(runs), "--reference", "iisan", "--items", str(item_table),
+    efficiency_main(["--runs", json.dumps(list(runs.values())), "--reference", "iisan", "--items", str(item_table),
                      "--sequences", str(sequences), "--batch-sizes", "2", "4", "--steps", "2", "--warmup", "1",
                      "--threads", "1", "--out", str(tmp_path / "e.csv"), "--plot", str(tmp_path / "e.png")])
     rows = list(csv.DictReader(open(tmp_path / "e.csv")))

@@ -126,12 +126,12 @@ def evaluate_inputs(wildcards):
 
 
 def efficiency_runs(wildcards):
-    """The compared runs, resolved for the dataset, as JSON {name: run}."""
+    """The compared runs, resolved for the dataset, as a JSON list."""
     names = CFG["efficiency"]["runs"]
     if not names:
         raise WorkflowError("results/<dataset>/efficiency.csv needs efficiency.runs and efficiency.reference in the config")
-    return json.dumps({n: json.loads(run_settings(SimpleNamespace(dataset=wildcards.dataset, run=n), "train")) for n in names},
-                      sort_keys=True)
+    runs = [json.loads(run_settings(SimpleNamespace(dataset=wildcards.dataset, run=n), "train")) for n in names]
+    return json.dumps(runs, sort_keys=True)  # a list: the table and plot keep the config's order
 
 
 def efficiency_inputs(wildcards):
