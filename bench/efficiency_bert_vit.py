@@ -15,14 +15,12 @@ Usage: python bench/efficiency_bert_vit.py [--scale gpu|smoke] [--out DIR]
 """
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from llm_encode_train import REPO, device_name, tables  # bench/ is the script's folder; it puts the repo on sys.path
 from transformers import AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel
-
-from llm_encode_train import REPO, device_name, tables  # noqa: E402 (bench/ is the script's folder)
 
 from pipeline.backbone import model_path
 from pipeline.config import load_config, resolve_run

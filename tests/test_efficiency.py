@@ -40,7 +40,8 @@ def test_efficiency_compares_cached_and_uncached_runs(tiny_bert, tiny_vit, item_
     efficiency_main(["--runs", json.dumps(list(runs.values())), "--reference", "iisan", "--items", str(item_table),
                      "--sequences", str(sequences), "--batch-sizes", "2", "4", "--steps", "2", "--warmup", "1",
                      "--threads", "1", "--out", str(tmp_path / "e.csv"), "--plot", str(tmp_path / "e.png")])
-    rows = list(csv.DictReader(open(tmp_path / "e.csv")))
+    with open(tmp_path / "e.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [(r["run"], r["batch_size"]) for r in rows] == [(n, b) for n in ("iisan", "fft", "bitfit") for b in ("2", "4")]
     by = {(r["run"], int(r["batch_size"])): r for r in rows}
     for (name, size), r in by.items():
