@@ -18,6 +18,7 @@ CACHED_METHODS = ("iisan", "frozen")  # read cached encoder states
 # Run their backbones inside every training step (Table III baselines; IISAN without its cache).
 UNCACHED_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached")
 CONTENT_METHODS = CACHED_METHODS + UNCACHED_METHODS  # methods with text/image encoders
+TUNED_METHODS = ("fft", "adapter", "lora", "bitfit")  # train weights inside their backbones
 # Encoder keys that change no computed state (scheduling, placement, documentation).
 UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal")
 
@@ -161,6 +162,10 @@ def _cross_check(cfg: dict, files: list):
                 _fail(files, where + [tower], f"unknown encoder '{enc_name}' (known: {known})")
             if cfg["encoders"][enc_name]["modality"] != tower:
                 _fail(files, where + [tower], f"encoder '{enc_name}' is not a {tower} encoder")
+            enc = cfg["encoders"][enc_name]
+            if run["method"] in TUNED_METHODS and (enc["quantization"] or enc["dtype"] != "float32"):
+                _fail(files, where + [tower], f"method '{run['method']}' trains encoder '{enc_name}', which must "
+                                              f"load in float32 without quantization")
         try:
             kept_states(cfg, run)
         except ValueError as e:
@@ -169,8 +174,12 @@ def _cross_check(cfg: dict, files: list):
     for i, run_name in enumerate(eff["runs"]):
         if run_name not in cfg["runs"]:
             _fail(files, ["efficiency", "runs", i], f"unknown run '{run_name}'")
+        if cfg["runs"][run_name]["method"] not in CONTENT_METHODS:
+            _fail(files, ["efficiency", "runs", i], f"run '{run_name}' has no encoders to compare")
     if eff["runs"] and eff["reference"] not in eff["runs"]:
         _fail(files, ["efficiency", "reference"], f"'{eff['reference']}' is not one of efficiency.runs")
+    if eff["runs"] and cfg["runs"][eff["reference"]]["method"] not in CACHED_METHODS:
+        _fail(files, ["efficiency", "reference"], "the reference is a cached run (method iisan or frozen)")
     for dataset, runs in cfg["default_targets"].items():
         if dataset not in cfg["datasets"]:
             _fail(files, ["default_targets", dataset], f"unknown dataset '{dataset}'")

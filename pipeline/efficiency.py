@@ -1,8 +1,9 @@
 """efficiency: training time per epoch and peak memory of several runs, side by side (RQ4, Figure 5).
 
-For every run and batch size a fresh process builds the run's model and times `steps` training
-steps after `warmup` untimed ones; seconds per epoch = the mean step time x the steps of an epoch
-(training windows / batch size), so a slow method is measured without training it for hours.
+For every run and batch size a fresh process builds the run's model and times at least `steps`
+training steps, and at least 2 s of them, after `warmup` untimed ones; seconds per epoch = the
+mean step time x the steps of an epoch (training windows / batch size), so a slow method is
+measured without training it for hours.
 Peak memory: torch.cuda.max_memory_allocated on a GPU, else the process's peak resident memory
 (which for uncached runs includes their prepared item inputs). Writes, complete or not at all:
 - efficiency.csv: run, method, batch_size, seconds_per_epoch, peak_memory_bytes,
@@ -33,13 +34,15 @@ from pipeline.files import atomic_path
 from pipeline.run import build_model, count_parameters, load_caches, param_groups
 from pipeline.train import device, peak_memory_bytes, train_step
 
+MIN_SECONDS = 2.0  # timed seconds per measurement, at least: 20 ms steps need many to be steady
+MAX_STEPS = 2000
 COLUMNS = ["run", "method", "batch_size", "seconds_per_epoch", "peak_memory_bytes", "trainable_params",
            "total_params", "time_ratio", "memory_ratio", "device"]
 
 
 def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size: int, steps: int,
-            warmup: int) -> dict:
-    """Time `steps` training steps of `run` at `batch_size` in this process."""
+            warmup: int, min_seconds: float = MIN_SECONDS) -> dict:
+    """Time at least `steps` training steps (and `min_seconds`) of `run` at `batch_size` here."""
     t = run["train"]
     torch.manual_seed(t["seed"])
     dev = device()
@@ -52,20 +55,26 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
     order = torch.as_tensor(np.random.default_rng(t["seed"]).permutation(len(windows)), device=dev)
-    # Consecutive batches of the shuffled windows, wrapping round: every batch has batch_size rows.
-    batches = [order[(torch.arange(batch_size, device=dev) + i * batch_size) % len(windows)]
-               for i in range(warmup + steps)]
+    def batch(i: int) -> torch.Tensor:  # consecutive shuffled windows, wrapping round: always full
+        return windows[order[(torch.arange(batch_size, device=dev) + i * batch_size) % len(windows)]]
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    for i, rows in enumerate(batches):
-        if i == warmup:
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-        train_step(model, optimizer, windows[rows], caches, log_pop)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    step_seconds = (time.perf_counter() - start) / steps
+    for i in range(warmup):
+        train_step(model, optimizer, batch(i), caches, log_pop)
+    sync()
+    # At least `steps` steps and `min_seconds` of them: fast steps are timed over many.
+    start, timed = time.perf_counter(), 0
+    while timed < steps or (time.perf_counter() - start < min_seconds and timed < MAX_STEPS):
+        train_step(model, optimizer, batch(warmup + timed), caches, log_pop)
+        timed += 1
+        if timed >= steps:
+            sync()
+    step_seconds = (time.perf_counter() - start) / timed
     trainable, total = count_parameters(model)
     return {"run": run["run"], "method": run["method"], "batch_size": batch_size,
             "seconds_per_epoch": step_seconds * math.ceil(len(windows) / batch_size),

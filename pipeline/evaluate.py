@@ -21,6 +21,7 @@ from pipeline.cache import CacheError, items_fingerprint, open_store, store_byte
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
+from pipeline.train import device
 from pipeline.run import (
     all_item_embeddings,
     build_model,
@@ -48,12 +49,13 @@ def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
     if run["method"] == "popularity":
         counts = torch.as_tensor(item_counts, dtype=torch.float32)
         return lambda inputs: counts.expand(len(inputs), -1)
-    model = build_model(run, num_items, items)
+    dev = device()
+    model = build_model(run, num_items, items).to(dev)  # uncached backbones already sit on the GPU
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
-    caches = load_caches(run, items_fingerprint(items))
+    caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
     item_embs = all_item_embeddings(model, caches, num_items)
-    return lambda inputs: model_scores(model, item_embs, inputs)
+    return lambda inputs: model_scores(model, item_embs, inputs).cpu()
 
 
 def top_k_table(score, split, items, k: int, batch: int) -> pa.Table:

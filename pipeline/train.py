@@ -1,6 +1,7 @@
-"""train: IISAN-Versa (or the frozen baseline) on cached states, early stopping on validation.
+"""train: IISAN-Versa (or a baseline) with early stopping on validation.
 
-Reads only the Zarr caches and the prepared tables. Writes, complete or not at all:
+Cached methods read only the Zarr caches and the prepared tables; the uncached baselines load
+their backbones and run them in every step. Writes, complete or not at all:
 - model.safetensors: the best epoch's weights (validation NDCG@10, reference protocol);
 - train_log.json: per-epoch loss, validation metrics and seconds, best epoch, peak memory,
   parameter counts.

@@ -12,13 +12,15 @@ from pipeline.backbone import Backbone
 from pipeline.models.tuning import prepare_backbone
 
 
-def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> dict[str, torch.Tensor]:
+def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> tuple[dict, torch.Tensor]:
     """Model inputs of every item, row 0 = padding: token ids + mask [N+1, T], or pixels [N+1, 3, S, S]
-    (float16; an item without a readable image keeps zeros, the processor's mean colour)."""
+    (float16); and which rows have no readable input [N+1] (padding, items without an image)."""
+    blank = torch.zeros(len(records) + 1, dtype=torch.bool)
+    blank[0] = True
     if backbone.modality == "text":
         inputs = backbone.inputs([{"title": ""}] + records)[0]
         inputs["attention_mask"][0, 0] = 1  # the padding row sees one token: no all-masked softmax
-        return inputs
+        return inputs, blank
     pixels = None
     for lo in range(0, len(records), chunk):
         part = records[lo:lo + chunk]
@@ -28,11 +30,12 @@ def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> di
         values = inputs["pixel_values"]  # [B_ok, 3, S, S]
         if pixels is None:
             pixels = torch.zeros((len(records) + 1, *values.shape[1:]), dtype=torch.float16)
-        rows = 1 + lo + np.flatnonzero([s == "ok" for s in status])
-        pixels[torch.as_tensor(rows)] = values.to(torch.float16)
+        ok = np.array([s == "ok" for s in status])
+        pixels[torch.as_tensor(1 + lo + np.flatnonzero(ok))] = values.to(torch.float16)
+        blank[torch.as_tensor(1 + lo + np.flatnonzero(~ok), dtype=torch.long)] = True
     if pixels is None:
         raise ValueError("no item has a readable image: the image tower has nothing to see")
-    return {"pixel_values": pixels}
+    return {"pixel_values": pixels}, blank
 
 
 class LiveTower(nn.Module):
@@ -42,7 +45,9 @@ class LiveTower(nn.Module):
         super().__init__()
         backbone = Backbone(settings, states)
         self.states, self.pool = list(states), backbone.pool
-        self.inputs = item_inputs(backbone, records)  # CPU tensors, not part of the checkpoint
+        # CPU tensors, not part of the checkpoint. Blank rows get zero states, as the cache gives
+        # padding and items without a readable image (encode.missing_image: zeros).
+        self.inputs, self.blank = item_inputs(backbone, records)
         self.model = prepare_backbone(backbone.model, method)
         self.trainable = any(p.requires_grad for p in self.model.parameters())
 
@@ -62,4 +67,5 @@ class LiveTower(nn.Module):
             mask = batch.get("attention_mask")
             if mask is None:
                 mask = torch.ones(hidden[self.states[0]].shape[:2], dtype=torch.long, device=device)
-            return torch.stack([self.pool(hidden[s].float(), mask) for s in self.states], dim=1)
+            states = torch.stack([self.pool(hidden[s].float(), mask) for s in self.states], dim=1)
+        return states.masked_fill(self.blank[ids.cpu()].to(device)[:, None, None], 0.0)  # [B, K, D]

@@ -2,7 +2,7 @@
 
 - fft: every backbone weight trains.
 - bitfit: only the biases train.
-- lora: rank-8 LoRA on the attention projections, from peft (LoraConfig, get_peft_model).
+- lora: rank-8 LoRA on the query, key and value projections, from peft (LoraConfig, get_peft_model).
 - adapter: Houlsby bottleneck adapters after each block's attention output and feed-forward
   output projections (before the residual sum), and only those train. The maintained `adapters`
   library pins transformers ~4.57 and does not install beside transformers 5, so this is a small
@@ -12,9 +12,9 @@
 import torch
 from torch import nn
 
-# Attention projections (BERT names, then ViT and LLM names in transformers 5), and the sublayer
-# output projections (attention output, feed-forward output) that Houlsby adapters follow.
-ATTENTION_PROJECTIONS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj")
+# Query, key and value projections (BERT names, then ViT and LLM names in transformers 5), and the
+# sublayer output projections (attention output, feed-forward output) that Houlsby adapters follow.
+ATTENTION_PROJECTIONS = ("query", "key", "value", "q_proj", "k_proj", "v_proj")
 SUBLAYER_OUTPUTS = ("attention.output.dense", "output.dense", "o_proj", "down_proj", "mlp.fc2")
 
 
@@ -52,10 +52,19 @@ def add_houlsby_adapters(model: nn.Module, bottleneck: int) -> int:
     return len(names)
 
 
+def _freeze_pooler(model: nn.Module) -> None:
+    pooler = getattr(model, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
+
+
 def prepare_backbone(model: nn.Module, method: str, lora_rank: int = 8, adapter_dim: int = 64) -> nn.Module:
-    """The backbone with exactly the parameters `method` trains left trainable."""
+    """The backbone with exactly the parameters `method` trains left trainable. A pooler head is
+    never trained: no hidden state goes through it."""
     if method == "fft":
-        return model.requires_grad_(True)
+        model.requires_grad_(True)
+        _freeze_pooler(model)
+        return model
     model.requires_grad_(False)
     if method == "frozen":
         return model
@@ -63,6 +72,7 @@ def prepare_backbone(model: nn.Module, method: str, lora_rank: int = 8, adapter_
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.requires_grad_(True)
+        _freeze_pooler(model)
         return model
     if method == "lora":
         from peft import LoraConfig, get_peft_model

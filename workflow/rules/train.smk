@@ -1,7 +1,8 @@
 
 
 rule train:
-    """IISAN-Versa (or the frozen baseline) on the cached states, early stopping on validation."""
+    """IISAN-Versa or a baseline (on the cached states, or with its backbones in the loop), early
+    stopping on validation."""
     input:
         unpack(lambda w: tables(w.dataset)),
         caches=run_caches,
