@@ -117,7 +117,7 @@ def load_model(settings: dict, deepest: int) -> torch.nn.Module:
     cuda = torch.cuda.is_available()
     if settings.get("device_map") == "auto" and cuda:
         device_map = "auto"
-    elif quantization is not None or settings.get("quantization") == "gptq":
+    elif settings.get("quantization"):
         device_map = "cuda:0" if cuda else "cpu"  # quantised weights are placed while loading
     else:
         device_map = None
@@ -151,6 +151,20 @@ def input_device(model: torch.nn.Module) -> torch.device:
         return next(model.get_input_embeddings().parameters()).device
     except (NotImplementedError, AttributeError, StopIteration):
         return next(model.parameters()).device
+
+
+def pooled_states(model, inputs: dict, states: list[int], pool, device: torch.device) -> torch.Tensor:
+    """The model's kept hidden states, pooled: inputs on `device` -> [B, K, D] float32 on `device`."""
+    batch = {k: v.to(device) for k, v in inputs.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    # Only the kept states are held (the others come back as None).
+    hidden = model(**batch, output_hidden_states=states).hidden_states  # [B, T, D] or None
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones(hidden[states[0]].shape[:2], dtype=torch.long, device=device)
+    # Under a device map the kept states may sit on several GPUs.
+    return torch.stack([pool(hidden[s].float(), mask.to(hidden[s].device)).to(device) for s in states], dim=1)
 
 
 class Backbone:
@@ -208,13 +222,4 @@ class Backbone:
         inputs, status = self.inputs(items)
         if inputs is None:
             return np.zeros((0, len(self.states), self.settings["hidden_size"]), np.float32), status
-        batch = {k: v.to(self.device) for k, v in inputs.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(self.model.dtype)
-        # Only the kept states are held (the others come back as None).
-        hidden = self.model(**batch, output_hidden_states=self.states).hidden_states  # [B, T, D] or None
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones(hidden[self.states[0]].shape[:2], dtype=torch.long)
-        pooled = [self.pool(hidden[s].float(), mask.to(hidden[s].device)).cpu() for s in self.states]  # K x [B, D]
-        return torch.stack(pooled, dim=1).numpy(), status  # [B_ok, K, D]
+        return pooled_states(self.model, inputs, self.states, self.pool, self.device).cpu().numpy(), status

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbone import Backbone
+from pipeline.backbone import Backbone, pooled_states
 from pipeline.models.tuning import prepare_backbone
 
 
@@ -59,13 +59,8 @@ class LiveTower(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # [B] -> [B, K, D]
         device = next(self.model.parameters()).device
-        batch = {k: v[ids.cpu()].to(device) for k, v in self.inputs.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(next(self.model.parameters()).dtype)
+        rows = ids.cpu()
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            hidden = self.model(**batch, output_hidden_states=self.states).hidden_states
-            mask = batch.get("attention_mask")
-            if mask is None:
-                mask = torch.ones(hidden[self.states[0]].shape[:2], dtype=torch.long, device=device)
-            states = torch.stack([self.pool(hidden[s].float(), mask) for s in self.states], dim=1)
-        return states.masked_fill(self.blank[ids.cpu()].to(device)[:, None, None], 0.0)  # [B, K, D]
+            states = pooled_states(self.model, {k: v[rows] for k, v in self.inputs.items()}, self.states,
+                                   self.pool, device)
+        return states.masked_fill(self.blank[rows].to(device)[:, None, None], 0.0)  # [B, K, D]
