@@ -87,7 +87,7 @@ def _require(module: str, extra: str, why: str):
         raise BackboneError(f"{why} needs the '{module}' package: {extra} (README, LLM encoders and GPU nodes)")
 
 
-def _quantization(settings: dict, config, path: str, dtype: torch.dtype):
+def quantization_config(settings: dict, config, path: str, dtype: torch.dtype):
     """from_pretrained's quantization_config for the entry, or None."""
     method = settings.get("quantization")
     if method in ("bnb-8bit", "bnb-4bit"):
@@ -113,7 +113,7 @@ def load_model(settings: dict, deepest: int) -> torch.nn.Module:
     cls = model_class(settings)
     config = _load_config(cls, path, settings, deepest)
     dtype = DTYPES[settings.get("dtype", "float32")]
-    quantization = _quantization(settings, config, path, dtype)
+    quantization = quantization_config(settings, config, path, dtype)
     cuda = torch.cuda.is_available()
     if settings.get("device_map") == "auto" and cuda:
         device_map = "auto"
@@ -174,6 +174,7 @@ class Backbone:
         path = model_path(settings)
         self.settings, self.states = settings, list(states)
         self.modality = settings["modality"]
+        self.column = settings.get("column", "title")  # the text a text encoder reads
         self.pool = POOLERS[settings["pooling"]]
         self.model = load_model(settings, deepest=max(states))
         self.device = input_device(self.model)
@@ -191,7 +192,7 @@ class Backbone:
     def sizes(self, items: list[dict]) -> list[int]:
         """A length per item, used to group similar lengths into one batch."""
         if self.modality == "text":
-            return [len(t) for t in self.tokenizer([i["title"] for i in items])["input_ids"]]
+            return [len(t) for t in self.tokenizer([i[self.column] or "" for i in items])["input_ids"]]
         return [0] * len(items)
 
     def load_image(self, item: dict):
@@ -205,12 +206,17 @@ class Backbone:
             return None, "unreadable"
 
     def inputs(self, items: list[dict]) -> tuple[dict | None, list[str]]:
-        """Model inputs for the usable items, and a status per item (ok, no_image, unreadable)."""
+        """Model inputs for the usable items, and a status per item (ok, no_image, unreadable,
+        no_text: a caption that could not be generated)."""
         if self.modality == "text":
+            status = ["ok" if i[self.column] is not None else "no_text" for i in items]
+            texts = [i[self.column] for i in items if i[self.column] is not None]
+            if not texts:
+                return None, status
             return dict(self.tokenizer(
-                [i["title"] for i in items], padding=self.padding, truncation=True,
+                texts, padding=self.padding, truncation=True,
                 max_length=self.settings["max_length"], return_tensors="pt",
-            )), ["ok"] * len(items)
+            )), status
         loaded = [self.load_image(i) for i in items]
         images = [im for im, status in loaded if status == "ok"]
         inputs = dict(self.processor(images=images, return_tensors="pt")) if images else None

@@ -1,9 +1,10 @@
-"""build_encoder: a random-initialised encoder saved like a real checkpoint (demo, tests, benchmarks).
+"""build_encoder: a random-initialised model saved like a real checkpoint (demo, tests, benchmarks).
 
-A ViT with its image processor, or a decoder LLM (Llama, Mistral, Gemma, Mixtral, Qwen2) saved
+A ViT with its image processor; a decoder LLM (Llama, Mistral, Gemma, Mixtral, Qwen2) saved
 with its LM head, as on the hub, and a byte-level BPE tokenizer trained from scratch (no pad
-token, a BOS token first, like Llama's). The pipeline then loads it with from_pretrained like
-any hub model, so the real loading code runs.
+token, a BOS token first, like Llama's); or a tiny LLaVA-NeXT captioner (CLIP vision tower, a
+Llama language model, the real LLaVA-NeXT processor with a chat template). The pipeline then
+loads it with from_pretrained like any hub model, so the real loading code runs.
 
 Usage: python -m pipeline.build_encoder --settings JSON --out DIR
 """
@@ -92,12 +93,53 @@ def build_llm(settings: dict, out: Path, corpus: list[str] | None = None, device
     _save(out, model, tokenizer)
 
 
-BUILDERS = {"vit": build_vit, **{name: build_llm for name in LLM_CONFIGS}}
+# A Mistral-instruct style template, as llava-v1.6-mistral-7b-hf ships: images, then the prompt.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}[INST] "
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+    " [/INST]{% else %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}</s>{% endif %}"
+    "{% endfor %}"
+)
+
+
+def build_llava_next(settings: dict, out: Path) -> None:
+    """A random LLaVA-NeXT for image-text-to-text generation, with its real processor (anyres
+    tiling over a 32-pixel base grid, so a cover is 5 small tiles) and a chat template."""
+    build = settings["build"]
+    tokenizer = train_tokenizer(build["vocab_size"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.pad_token = tokenizer.unk_token
+    size, patch = 32, 8
+    pinpoints = [[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=size, patch_size=patch)
+    heads = 4
+    text = transformers.LlamaConfig(
+        vocab_size=len(tokenizer) + 16, hidden_size=build["hidden_size"], num_hidden_layers=build["layers"],
+        num_attention_heads=heads, num_key_value_heads=2, head_dim=build["hidden_size"] // heads,
+        intermediate_size=2 * build["hidden_size"], max_position_embeddings=8192,
+        bos_token_id=1, eos_token_id=2, pad_token_id=tokenizer.pad_token_id)
+    config = transformers.LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(build["seed"])
+    model = transformers.LlavaNextForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    image_processor = transformers.LlavaNextImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_grid_pinpoints=pinpoints)
+    processor = transformers.LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch, vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE, image_token="<image>", num_additional_image_tokens=1)
+    _save(out, model, processor)
+
+
+BUILDERS = {"vit": build_vit, "llava_next": build_llava_next, **{name: build_llm for name in LLM_CONFIGS}}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", required=True, help="the encoder's config entry as JSON")
+    parser.add_argument("--settings", required=True, help="the encoder's (or captioner's) config entry as JSON")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     settings = json.loads(args.settings)

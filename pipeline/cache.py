@@ -18,11 +18,19 @@ class CacheMismatch(CacheError):
     """A store written for another request (model, kept states, items, ...)."""
 
 
-def items_fingerprint(items) -> str:
+def items_fingerprint(items, column: str = "title") -> str:
+    """Identity of the item rows a store was written for, with the text column it read."""
     h = hashlib.sha256()
-    for column in ("item_id", "title", "image"):
-        h.update(json.dumps(items.column(column).to_pylist()).encode())
+    for name in ("item_id", "title", "image") + ((column,) if column != "title" else ()):
+        if name not in items.column_names:
+            raise CacheError(f"the item table has no column '{name}' (caption columns are in items_captioned.parquet)")
+        h.update(json.dumps(items.column(name).to_pylist()).encode())
     return h.hexdigest()[:16]
+
+
+def item_columns(settings: dict) -> list[str]:
+    """The item-table columns an encoder reads: ids, title, image, and its text column."""
+    return list(dict.fromkeys(["item_id", "title", "image", settings.get("column", "title")]))
 
 
 def check_attributes(found: dict, expected: dict, where: Path) -> None:

@@ -125,6 +125,26 @@ def _cross_check(cfg: dict, files: list):
         for key in ("users", "items"):
             if key not in ds:
                 _fail(files, ["datasets", ds_name], f"missing '{key}' (path of the {key} tsv)")
+        for column, captioner in ds["captions"].items():
+            where = ["datasets", ds_name, "captions", column]
+            if captioner not in cfg["captioners"]:
+                known = ", ".join(sorted(cfg["captioners"])) or "none"
+                _fail(files, where, f"unknown captioner '{captioner}' (known: {known})")
+            source = cfg["captioners"][captioner]["source"]
+            has = ds["images"] or "synthetic" in ds if source == "image" else ds["videos"]
+            if not has:
+                _fail(files, where, f"captioner '{captioner}' describes {source}s, but the dataset has no "
+                                    f"{source}s folder")
+    for name, captioner in cfg["captioners"].items():
+        where = ["captioners", name]
+        if name in cfg["encoders"]:
+            _fail(files, where, "an encoder has the same name (built models share results/models/<name>)")
+        if "build" in captioner:
+            built = f"results/models/{name}"
+            if captioner.setdefault("path", built) != built:
+                _fail(files, where + ["path"], f"a built captioner lives at {built}")
+        if "path" not in captioner:
+            _fail(files, where, "missing 'path' (hub id or folder of the checkpoint)")
     for enc_name, enc in cfg["encoders"].items():
         where = ["encoders", enc_name]
         if "build" in enc:  # built by the build_encoder rule at a fixed place
@@ -153,6 +173,9 @@ def _cross_check(cfg: dict, files: list):
             _fail(files, where + ["layerdrop"], "group LayerDrop aligns a text tower to an image tower: name both")
         if not run["text"] and not run["image"]:
             _fail(files, where, f"method '{run['method']}' needs a 'text' or 'image' encoder")
+        for tower in run["columns"]:
+            if not run[tower]:
+                _fail(files, where + ["columns", tower], f"the run has no {tower} tower")
         for tower in TOWERS:
             enc_name = run[tower]
             if enc_name is None:
@@ -160,9 +183,13 @@ def _cross_check(cfg: dict, files: list):
             if enc_name not in cfg["encoders"]:
                 known = ", ".join(sorted(cfg["encoders"]))
                 _fail(files, where + [tower], f"unknown encoder '{enc_name}' (known: {known})")
-            if cfg["encoders"][enc_name]["modality"] != tower:
-                _fail(files, where + [tower], f"encoder '{enc_name}' is not a {tower} encoder")
             enc = cfg["encoders"][enc_name]
+            # The second (image) tower may read text instead: two text columns (Table IX).
+            if enc["modality"] != tower and tower == "text":
+                _fail(files, where + [tower], f"encoder '{enc_name}' is not a text encoder")
+            if tower in run["columns"] and enc["modality"] != "text":
+                _fail(files, where + ["columns", tower], f"the {tower} tower's encoder '{enc_name}' reads images, "
+                                                         f"not a text column")
             if run["method"] in TUNED_METHODS and (enc["quantization"] or enc["dtype"] != "float32"):
                 _fail(files, where + [tower], f"method '{run['method']}' trains encoder '{enc_name}', which must "
                                               f"load in float32 without quantization")
@@ -220,8 +247,37 @@ def kept_states(cfg: dict, run: dict) -> dict[str, list[int]]:
     return kept
 
 
-def cache_path(dataset: str, encoder: str, states: list[int]) -> str:
-    return f"results/{dataset}/cache/{encoder}.{layerdrop.tag(states)}.zarr"
+def cache_path(dataset: str, encoder: str, states: list[int], column: str = "title") -> str:
+    """Where the encode rule writes a store; a text column other than the title is named."""
+    read = "" if column == "title" else f".{column}"
+    return f"results/{dataset}/cache/{encoder}{read}.{layerdrop.tag(states)}.zarr"
+
+
+def text_columns(cfg: dict, dataset: str, run: dict) -> dict[str, str]:
+    """The item-table column each text tower of a run reads, checked against the dataset."""
+    columns = {}
+    for tower in TOWERS:
+        if run["method"] not in CONTENT_METHODS or not run[tower]:
+            continue
+        if cfg["encoders"][run[tower]]["modality"] != "text":
+            continue
+        column = run["columns"].get(tower, "title")
+        captions = cfg["datasets"][dataset]["captions"]
+        if column != "title" and column not in captions:
+            have = ", ".join(["title", *captions])
+            raise ConfigError(f"run '{run['name']}' reads column '{column}' in its {tower} tower, which dataset "
+                              f"'{dataset}' does not have (its text columns: {have}; add it under "
+                              f"datasets.{dataset}.captions)")
+        columns[tower] = column
+    return columns
+
+
+def item_table(cfg: dict, dataset: str, run_name: str) -> str:
+    """The item table a run's stages read: with the caption columns if a tower reads one."""
+    run = cfg["runs"][run_name] | {"name": run_name}
+    if any(c != "title" for c in text_columns(cfg, dataset, run).values()):
+        return f"results/{dataset}/items_captioned.parquet"
+    return f"results/{dataset}/items.parquet"
 
 
 def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
@@ -230,22 +286,26 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         raise ConfigError(f"unknown dataset '{dataset}' (known: {', '.join(sorted(cfg['datasets']))})")
     if run_name not in cfg["runs"]:
         raise ConfigError(f"unknown run '{run_name}' (known: {', '.join(sorted(cfg['runs']))})")
-    run = cfg["runs"][run_name]
+    run = cfg["runs"][run_name] | {"name": run_name}
     towers = {}
     if run["method"] in CONTENT_METHODS:
+        columns = text_columns(cfg, dataset, run)
         for tower, states in kept_states(cfg, run).items():
             enc = cfg["encoders"][run[tower]]
+            # Only a caption column is named, so title runs keep their settings (and results).
+            read = {"column": columns[tower]} if columns.get(tower, "title") != "title" else {}
             towers[tower] = {
                 "encoder": run[tower],
                 "model": enc.get("package") or enc["path"],
                 "pooling": enc["pooling"],
                 "hidden_size": enc["hidden_size"],
                 "kept_states": states,
+                **read,
             }
             if run["method"] in CACHED_METHODS:
-                towers[tower]["cache"] = cache_path(dataset, run[tower], states)
+                towers[tower]["cache"] = cache_path(dataset, run[tower], states, columns.get(tower, "title"))
             else:  # the backbone is loaded by train and evaluate themselves
-                towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS}
+                towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read
     return {
         "dataset": dataset,
         "run": run_name,

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.cache import CacheError, items_fingerprint
+from pipeline.cache import CacheError
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path
 from pipeline.run import build_model, count_parameters, load_caches, param_groups
@@ -49,7 +49,7 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     items = pq.read_table(items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
-    caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
+    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
     model = build_model(run, splits.num_items, items).to(dev).train()
     optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))

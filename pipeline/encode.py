@@ -15,7 +15,6 @@ memory: the batch size is then halved until it fits, and the store records the s
 Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 0 2 4 6 --out X.zarr
 """
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -30,29 +29,18 @@ from pipeline.backbone import Backbone, BackboneError, model_path
 from pipeline.cache import (
     CacheError,
     check_attributes,
+    item_columns,
     items_fingerprint,
     open_store,
     store_bytes,
 )
-from pipeline.files import sha256_file
+from pipeline.files import weights_fingerprint
 
 FORMAT_VERSION = 2
 
 
 class EncodeError(CacheError):
     """Bad input or settings, reported without a traceback by the command line."""
-
-
-def weights_fingerprint(path: str) -> str:
-    """Cheap identity of a local checkpoint: config + each weight file's size and first MiB."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return f"hub:{path}"
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt"):
-            h.update(f"{f.name}:{f.stat().st_size}:{sha256_file(f, limit=1 << 20)}".encode())
-    return h.hexdigest()[:16]
 
 
 def store_attributes(settings: dict, states: list[int], items) -> dict:
@@ -70,11 +58,12 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
         "quantization": settings.get("quantization"),
         "dtype": "float16",
         "items": items.num_rows,
-        "items_fingerprint": items_fingerprint(items),
+        "items_fingerprint": items_fingerprint(items, settings.get("column", "title")),
+        **({"column": settings["column"]} if "column" in settings else {}),
     }
 
 
-MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2}
+MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2, "no_text": 3}
 
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
@@ -94,7 +83,7 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
         print(f"{out} is complete; nothing to do")
         return expected
 
-    records = items.select(["item_id", "title", "image"]).to_pylist()
+    records = items.select(item_columns(settings)).to_pylist()
     if settings["modality"] == "image" and not any(r["image"] for r in records):
         raise EncodeError(f"no item of {items_parquet} has an image: set the dataset's `images` folder "
                           f"(or use a run without an image tower)")
@@ -147,8 +136,10 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
                 bar.set_postfix(batch=batch_size)
                 continue
             bad = [(r, st) for r, st in zip(batch_rows, status) if st != "ok"]
-            if bad and missing_image == "error":
-                r, st = bad[0]
+            # Missing captions were counted by the caption stage; they are encoded as zeros.
+            bad_images = [(r, st) for r, st in bad if st != "no_text"]
+            if bad_images and missing_image == "error":
+                r, st = bad_images[0]
                 raise EncodeError(f"item {records[r - 1]['item_id']}: {st.replace('_', ' ')} ({records[r - 1]['image']}); "
                                   f"set encode.missing_image: zeros to encode it as zeros")
             block[[r - lo for r, st in zip(batch_rows, status) if st == "ok"]] = pooled
@@ -167,7 +158,8 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
     if not all(done[:]):
         raise RuntimeError(f"{partial}: some chunks are not done")
     codes = missing[:]
-    report = {status: int((codes == code).sum()) for status, code in MISSING_CODES.items() if code}
+    kinds = ("no_text",) if settings["modality"] == "text" else ("no_image", "unreadable")
+    report = {status: int((codes == MISSING_CODES[status]).sum()) for status in kinds}
     if any(report.values()):
         print(f"{out.name}: items encoded as zeros: {report}")
     group.attrs["missing_items"] = report

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file
 
-from pipeline.cache import CacheError, items_fingerprint, open_store, store_bytes
+from pipeline.cache import CacheError, open_store, store_bytes
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.metrics import PROTOCOLS
@@ -53,7 +53,7 @@ def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
     model = build_model(run, num_items, items).to(dev)  # uncached backbones already sit on the GPU
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
-    caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
+    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
     item_embs = all_item_embeddings(model, caches, num_items)
     return lambda inputs: model_scores(model, item_embs, inputs).cpu()
 
@@ -104,7 +104,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         "dataset": run["dataset"],
         "run": run["run"],
         "method": run["method"],
-        "encoders": {name: {"encoder": t["encoder"], "kept_states": t["kept_states"]}
+        "encoders": {name: {"encoder": t["encoder"], "column": t.get("column", "title"), "kept_states": t["kept_states"]}
                      for name, t in run["towers"].items()},
         "missing_items": {name: dict(open_store(t["cache"]).attrs).get("missing_items", {})
                           for name, t in run["towers"].items() if "cache" in t},

@@ -42,3 +42,15 @@ def sha256_file(path: str | Path, limit: int | None = None) -> str:
             if remaining is not None:
                 remaining -= len(block)
     return h.hexdigest()
+
+
+def weights_fingerprint(path: str) -> str:
+    """Cheap identity of a local checkpoint: config + each weight file's size and first MiB."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"hub:{path}"
+    h = hashlib.sha256()
+    for f in sorted(folder.iterdir()):
+        if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt"):
+            h.update(f"{f.name}:{f.stat().st_size}:{sha256_file(f, limit=1 << 20)}".encode())
+    return h.hexdigest()[:16]

@@ -11,7 +11,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pipeline.cache import CacheMismatch, check_attributes, open_store
+from pipeline.cache import CacheMismatch, check_attributes, item_columns, items_fingerprint, open_store
 from pipeline.metrics import history_mask, per_user_metrics, summarise, target_ranks
 from pipeline.models.item_encoder import (
     FrozenItemEncoder,
@@ -47,10 +47,11 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None) -> Rec
             raise ValueError(f"method '{method}' runs its backbones: build_model needs the item table")
         from pipeline.models.live import LiveTower  # transformers is imported only where backbones run
 
-        records = items.select(["item_id", "title", "image"]).to_pylist()
         adapt = "frozen" if method == "iisan-uncached" else method
-        backbones = nn.ModuleDict({name: LiveTower(tower["settings"], tower["kept_states"], records, adapt)
-                                   for name, tower in run["towers"].items()})
+        backbones = nn.ModuleDict({
+            name: LiveTower(tower["settings"], tower["kept_states"],
+                            items.select(item_columns(tower["settings"])).to_pylist(), adapt)
+            for name, tower in run["towers"].items()})
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
                                  max_len=t["max_history"], dropout=t["dropout"])
     return Recommender(item_encoder, user_cfg, user_encoder="gru" if method == "gru4rec-id" else "sasrec",
@@ -70,8 +71,9 @@ def param_groups(model: Recommender, t: dict) -> list[dict]:
     return [{"params": ps, "lr": t[f"lr_{g}"], "name": g} for g, ps in groups.items() if ps]
 
 
-def load_caches(run: dict, items_fingerprint: str) -> dict[str, torch.Tensor]:
-    """Each tower's cached states [N+1, K, D] (float16, in memory), checked against the run."""
+def load_caches(run: dict, items: pa.Table) -> dict[str, torch.Tensor]:
+    """Each tower's cached states [N+1, K, D] (float16, in memory), checked against the run and
+    the item table (with the text column the tower reads)."""
     caches = {}
     if run["method"] in UNCACHED_METHODS:  # their backbones run in the loop
         return caches
@@ -80,7 +82,8 @@ def load_caches(run: dict, items_fingerprint: str) -> dict[str, torch.Tensor]:
             raise CacheMismatch(f"{tower['cache']}: no cache; run the encode stage first")
         store = open_store(tower["cache"])
         expected = {key: tower[key] for key in ("model", "pooling", "kept_states", "hidden_size")}
-        check_attributes(dict(store.attrs), expected | {"complete": True, "items_fingerprint": items_fingerprint},
+        fingerprint = items_fingerprint(items, tower.get("column", "title"))
+        check_attributes(dict(store.attrs), expected | {"complete": True, "items_fingerprint": fingerprint},
                          tower["cache"])
         caches[name] = torch.from_numpy(store["states"][:])
     return caches

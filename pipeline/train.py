@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.cache import CacheError, items_fingerprint
+from pipeline.cache import CacheError
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_json
 from pipeline.models.loss import in_batch_debiased_ce
@@ -71,7 +71,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
     if len(splits.train_windows) == 0:
         raise DataError("no user has 2 training items (4 interactions): nothing to train on")
-    caches = {k: v.to(dev) for k, v in load_caches(run, items_fingerprint(items)).items()}
+    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
     model = build_model(run, splits.num_items, items).to(dev)
     optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))

@@ -108,3 +108,30 @@ def test_tuned_methods_refuse_quantised_or_half_precision_encoders(tiny_bert, ti
     with pytest.raises(ConfigError, match="must load in float32 without quantization"):
         run_for("lora", tiny_bert | {"dtype": "bfloat16"}, tiny_vit)
     run_for("iisan-uncached", tiny_bert | {"dtype": "bfloat16"}, tiny_vit)  # frozen backbones may
+
+
+def test_a_tuned_text_tower_reads_a_caption_column(tiny_bert, item_table):
+    """FFT over a caption column (Table IX's single-column rows): the live tower tokenizes the
+    captions, and an item without a caption gets zero states, as an encoded store gives it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from transformers import AutoTokenizer
+
+    items = pq.read_table(item_table)
+    captions = [f"a caption of item {i}" if i != 3 else None for i in range(items.num_rows)]
+    items = items.append_column("cover_caption", pa.array(captions, pa.string()))
+    cfg = load_config({
+        "datasets": {"t": {"format": "iisan-split", "users": "u", "items": "i", "images": "img",
+                           "captions": {"cover_caption": "llava"}}},
+        "captioners": {"llava": {"path": "x", "source": "image", "prompt": "p.yaml"}},
+        "encoders": {"bert": tiny_bert},
+        "runs": {"r": {"method": "fft", "text": "bert", "columns": {"text": "cover_caption"}}},
+    })
+    run = resolve_run(cfg, "t", "r")
+    model = build_model(run, items.num_rows, items)
+    tower = model.backbones["text"]
+    assert tower.blank.tolist() == [True] + [i == 3 for i in range(items.num_rows)]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert["path"])
+    assert tokenizer.decode(tower.inputs["input_ids"][2], skip_special_tokens=True) == "a caption of item 1"
+    states = tower(torch.tensor([1, 4, 5]))  # item_idx 4 has no caption
+    assert states.shape == (3, 1, 32) and states[1].abs().sum() == 0 and states[0].abs().sum() > 0

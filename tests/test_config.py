@@ -47,8 +47,11 @@ def test_unknown_encoder_is_named(tmp_path):
 
 
 def test_wrong_modality_and_bad_values(tmp_path):
-    with pytest.raises(ConfigError, match="is not a image encoder"):
-        load_config(write_config(tmp_path, BASE + "    image: t\n"))
+    with_image = BASE.replace("runs:", "  v: {path: y, modality: image, layers: 4, hidden_size: 8}\nruns:")
+    with pytest.raises(ConfigError, match="key 'runs.r.text': encoder 'v' is not a text encoder"):
+        load_config(write_config(tmp_path, with_image.replace("text: t", "text: v")))
+    with pytest.raises(ConfigError, match="key 'runs.r.columns.image': .*encoder 'v' reads images"):
+        load_config(write_config(tmp_path, with_image + "    image: v\n    columns: {image: title}\n"))
     with pytest.raises(ConfigError, match=r"key 'runs.r.layerdrop'"):
         load_config(write_config(tmp_path, BASE + "    layerdrop: sometimes\n"))
     with pytest.raises(ConfigError, match=r"key 'train.batch_size'"):
@@ -66,3 +69,34 @@ def test_run_train_block_overrides_only_its_keys(tmp_path):
 def test_unknown_default_target(tmp_path):
     with pytest.raises(ConfigError, match="unknown run 'nope'"):
         load_config(write_config(tmp_path, BASE + "default_targets: {d: [nope]}\n"))
+
+
+CAPTIONED = BASE.replace("  d: {format: iisan-split, users: u.tsv, items: i.tsv}", """\
+  d: {format: iisan-split, users: u.tsv, items: i.tsv, images: covers, captions: {cover_caption: llava}}
+  plain: {format: iisan-split, users: u.tsv, items: i.tsv}
+captioners:
+  llava: {path: llava-hf/llava-v1.6-mistral-7b-hf, source: image, prompt: prompts/cover-dalle2.v1.yaml}""")
+
+
+def test_a_second_text_tower_reads_a_caption_column(tmp_path):
+    cfg = load_config(write_config(tmp_path, CAPTIONED + "    image: t\n    columns: {image: cover_caption}\n"))
+    run = resolve_run(cfg, "d", "r")
+    assert run["towers"]["text"]["cache"] == "results/d/cache/t.h0-2-4.zarr"  # titles: the name as before
+    assert "column" not in run["towers"]["text"]
+    assert run["towers"]["image"]["column"] == "cover_caption"
+    assert run["towers"]["image"]["cache"] == "results/d/cache/t.cover_caption.h0-2-4.zarr"
+    with pytest.raises(ConfigError, match="run 'r' reads column 'cover_caption' in its image tower, which dataset "
+                                          "'plain' does not have \\(its text columns: title; add it under "
+                                          "datasets.plain.captions\\)"):
+        resolve_run(cfg, "plain", "r")
+
+
+def test_caption_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="key 'datasets.d.captions.cover_caption': unknown captioner 'llava2'"):
+        load_config(write_config(tmp_path, CAPTIONED.replace("cover_caption: llava}", "cover_caption: llava2}")))
+    with pytest.raises(ConfigError, match="captioner 'llava' describes videos, but the dataset has no videos folder"):
+        load_config(write_config(tmp_path, CAPTIONED.replace("source: image", "source: video")))
+    with pytest.raises(ConfigError, match="key 'datasets.d.captions'"):  # a column name taken by the item table
+        load_config(write_config(tmp_path, CAPTIONED.replace("{cover_caption: llava}", "{title: llava}")))
+    with pytest.raises(ConfigError, match="key 'runs.r.columns.image': the run has no image tower"):
+        load_config(write_config(tmp_path, CAPTIONED + "    columns: {image: cover_caption}\n"))

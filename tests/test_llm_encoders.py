@@ -246,7 +246,7 @@ def test_va_training_with_an_llm_text_tower(tiny_llms, tiny_vit, item_table, tmp
     assert log["epochs"] == 2
     result = evaluate(run, item_table, tmp_path / "sequences.parquet", tmp_path / "va", tmp_path / "va.json",
                       tmp_path / "va.pu.parquet")
-    assert result["encoders"]["text"] == {"encoder": "llm", "kept_states": [0, 1, 6]}
+    assert result["encoders"]["text"] == {"encoder": "llm", "column": "title", "kept_states": [0, 1, 6]}
     assert result["efficiency"]["cache_bytes"] > 0
     assert json.loads((tmp_path / "va.json").read_text())["metrics"]["test"]["hr@10"] >= 0
 

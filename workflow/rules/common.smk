@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, load_config, resolve_run, raw_paths
+from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, item_table, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -24,6 +24,9 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_-]+",
     encoder=r"[A-Za-z0-9_-]+",
     states=r"h\d+(-\d+)*",
+    # A store of a caption column is named <encoder>.<column>.<states>.zarr; of titles, <encoder>.<states>.zarr.
+    read=r"(\.[a-z][a-z0-9_]*)?",
+    column=r"[a-z][a-z0-9_]*",
 
 
 def names_matching(predicate):
@@ -64,14 +67,48 @@ def k_core_arg(dataset):
 # out of the settings that decide re-runs: moving a 70B encode to more GPUs must not redo it.
 def encoder_settings(wildcards):
     enc = CFG["encoders"][wildcards.encoder]
-    return json.dumps({k: v for k, v in enc.items() if k not in UNSTORED_KEYS}, sort_keys=True)
+    read = {"column": wildcards.read[1:]} if wildcards.read else {}  # a caption column, not the title
+    return json.dumps({k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read, sort_keys=True)
 
 
 def build_settings(wildcards):
     """What a random checkpoint is made from: its shape and build block, nothing else."""
+    if wildcards.encoder in CFG["captioners"]:
+        return json.dumps({"build": CFG["captioners"][wildcards.encoder]["build"]}, sort_keys=True)
     enc = CFG["encoders"][wildcards.encoder]
     keys = ("layers", "hidden_size", "max_length", "build")
     return json.dumps({k: enc[k] for k in keys}, sort_keys=True)
+
+
+def captioner(wildcards):
+    """The config entry of the captioner that writes a dataset's caption column."""
+    captions = CFG["datasets"][wildcards.dataset]["captions"]
+    if wildcards.column not in captions:
+        raise WorkflowError(f"dataset '{wildcards.dataset}' has no caption column '{wildcards.column}' "
+                            f"(datasets.{wildcards.dataset}.captions: {', '.join(captions) or 'none'})")
+    return CFG["captioners"][captions[wildcards.column]]
+
+
+def captioner_settings(wildcards):
+    entry = captioner(wildcards)
+    return json.dumps({k: v for k, v in entry.items() if k not in UNSTORED_KEYS}, sort_keys=True)
+
+
+def caption_inputs(wildcards):
+    entry = captioner(wildcards)
+    files = {"item_table": f"results/{wildcards.dataset}/items.parquet", "prompt": entry["prompt"]}
+    if "build" in entry:
+        files["model"] = entry["path"]
+    return files
+
+
+def captioner_resource(key):
+    """A resource of the caption job from the captioner's entry (gpus, mem_mb, runtime)."""
+    return lambda wildcards: captioner(wildcards)[key]
+
+
+def caption_files(wildcards):
+    return [f"results/{wildcards.dataset}/captions/{c}.parquet" for c in CFG["datasets"][wildcards.dataset]["captions"]]
 
 
 def encoder_resource(key):
@@ -90,7 +127,8 @@ def run_gpus(wildcards):
 
 
 def encoder_inputs(wildcards):
-    files = {"item_table": f"results/{wildcards.dataset}/items.parquet"}
+    table = "items_captioned" if wildcards.read else "items"
+    files = {"item_table": f"results/{wildcards.dataset}/{table}.parquet"}
     if "build" in CFG["encoders"][wildcards.encoder]:
         files["model"] = CFG["encoders"][wildcards.encoder]["path"]
     return files
@@ -113,12 +151,19 @@ def run_inputs(dataset, run_name):
     return caches + built
 
 
-def tables(dataset):
-    return {"item_table": f"results/{dataset}/items.parquet", "sequences": f"results/{dataset}/sequences.parquet"}
+def tables(dataset, runs=()):
+    """The item table (with caption columns if one of `runs` reads one) and the sequences."""
+    captioned = any(item_table(CFG, dataset, r).endswith("items_captioned.parquet") for r in runs)
+    table = "items_captioned" if captioned else "items"
+    return {"item_table": f"results/{dataset}/{table}.parquet", "sequences": f"results/{dataset}/sequences.parquet"}
+
+
+def run_tables(wildcards):
+    return tables(wildcards.dataset, [wildcards.run] if wildcards.run in CFG["runs"] else [])
 
 
 def evaluate_inputs(wildcards):
-    files = tables(wildcards.dataset)
+    files = run_tables(wildcards)
     if CFG["runs"][wildcards.run]["method"] != "popularity":
         files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
         files["caches"] = run_caches(wildcards)
@@ -135,7 +180,7 @@ def efficiency_runs(wildcards):
 
 
 def efficiency_inputs(wildcards):
-    files = tables(wildcards.dataset)
+    files = tables(wildcards.dataset, CFG["efficiency"]["runs"])
     files["runs"] = sorted({f for n in CFG["efficiency"]["runs"] for f in run_inputs(wildcards.dataset, n)})
     return files
 

@@ -25,7 +25,7 @@ rule synth:
 
 
 rule build_encoder:
-    """Save a random-initialised encoder with save_pretrained, to be loaded like a real one."""
+    """Save a random-initialised encoder or captioner with save_pretrained, to be loaded like a real one."""
     output:
         directory("results/models/{encoder}"),
     params:
