@@ -20,7 +20,7 @@ UNCACHED_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached")
 CONTENT_METHODS = CACHED_METHODS + UNCACHED_METHODS  # methods with text/image encoders
 TUNED_METHODS = ("fft", "adapter", "lora", "bitfit")  # train weights inside their backbones
 # Encoder keys that change no computed state (scheduling, placement, documentation).
-UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal")
+UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal", "shards")
 
 
 class ConfigError(ValueError):

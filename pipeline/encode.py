@@ -12,7 +12,13 @@ output is complete or absent. Items are processed chunk by chunk with the same b
 time, so a resumed store is identical to an uninterrupted one (unless a batch ran out of GPU
 memory: the batch size is then halved until it fits, and the store records the size used).
 
+Sharding (encode.shards): `--shard I N` writes a part store holding shard I's rows, whole chunks
+of the split above, resumable like a store; `--gather PART...` checks that the parts were written
+for this request and hold every row once, and assembles them into the store, which then equals
+the unsharded store array for array.
+
 Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 0 2 4 6 --out X.zarr
+           [--shard I N | --gather PART ...]
 """
 import argparse
 import json
@@ -66,18 +72,60 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
 MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2, "no_text": 3}
 
 
-def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
-           chunk_items: int = 256, missing_image: str = "zeros", on_chunk_done=None) -> dict:
-    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
+def shard_rows(n_rows: int, chunk_items: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows [lo, hi) of shard `shard` of `shards`: whole chunks, split as evenly as chunks allow
+    (a shard may be empty when there are more shards than chunks)."""
+    n_chunks = -(-n_rows // chunk_items)
+    first, last = shard * n_chunks // shards, (shard + 1) * n_chunks // shards
+    return first * chunk_items, min(last * chunk_items, n_rows)
 
-    missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
-    like padding, and it is counted in the `missing` array) or `error`.
-    """
+
+def _new_store(path: Path, n_rows: int, n_states: int, width: int, chunk_items: int, attrs: dict) -> zarr.Group:
+    group = zarr.open_group(str(path), mode="w")
+    group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
+                       dtype="float16", fill_value=0)
+    group.create_array("done", shape=(-(-n_rows // chunk_items),), chunks=(1,), dtype="bool", fill_value=False)
+    # per item: 0 = encoded, 1 = no image, 2 = unreadable image, 3 = no caption (states left at zero)
+    group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0)
+    group.attrs.update(attrs | {"complete": False})
+    return group
+
+
+def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: dict) -> None:
+    """Count the items encoded as zeros, mark the store complete and move it into place."""
+    if not all(group["done"][:]):
+        raise RuntimeError(f"{partial}: some chunks are not done")
+    codes = group["missing"][:]
+    kinds = ("no_text",) if modality == "text" else ("no_image", "unreadable")
+    report = {status: int((codes == MISSING_CODES[status]).sum()) for status in kinds}
+    if any(report.values()):
+        print(f"{out.name}: items encoded as zeros: {report}")
+    group.attrs.update(attrs | {"missing_items": report, "complete": True})
+    partial.rename(out)
+
+
+def _request(items_parquet: Path, settings: dict, states: list[int], missing_image: str):
     items = pq.read_table(items_parquet)
     bad = [s for s in states if not 0 <= s <= settings["layers"]]
     if bad or list(states) != sorted(set(states)):
         raise EncodeError(f"kept states {list(states)} must increase within 0..{settings['layers']}")
-    expected = store_attributes(settings, states, items) | {"missing_image": missing_image}
+    return items, store_attributes(settings, states, items) | {"missing_image": missing_image}
+
+
+def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, chunk_items: int = 256,
+           missing_image: str = "zeros", on_chunk_done=None, shard: tuple[int, int] | None = None) -> dict:
+    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
+
+    missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
+    like padding, and it is counted in the `missing` array) or `error`.
+    shard: (i, n) writes only shard i of n, a part store holding its rows (see shard_rows), for
+    `gather` to assemble.
+    """
+    items, expected = _request(items_parquet, settings, states, missing_image)
+    n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
+    base, end = shard_rows(n_rows, chunk_items, *shard) if shard else (0, n_rows)
+    if shard:
+        expected |= {"shard": list(shard), "rows": [base, end]}
     if out.exists():
         check_attributes(dict(open_store(out).attrs), expected | {"complete": True}, out)
         print(f"{out} is complete; nothing to do")
@@ -89,33 +137,25 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
                           f"(or use a run without an image tower)")
 
     partial = out.with_name(out.name + ".partial")
-    n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
-    n_chunks = -(-n_rows // chunk_items)
     if partial.exists():
         group = zarr.open_group(str(partial), mode="r+")
         check_attributes(dict(group.attrs), expected | {"chunk_items": chunk_items}, partial)
     else:
-        group = zarr.open_group(str(partial), mode="w")
-        group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
-                           dtype="float16", fill_value=0)
-        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
-        # per item: 0 = encoded, 1 = no image, 2 = unreadable image (states left at zero)
-        group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0)
-        group.attrs.update(expected | {"chunk_items": chunk_items, "complete": False})
+        group = _new_store(partial, end - base, n_states, width, chunk_items, expected | {"chunk_items": chunk_items})
     states_array, done, missing = group["states"], group["done"], group["missing"]
 
     done_flags = done[:]
-    todo = [c for c in range(n_chunks) if not done_flags[c]]
+    todo = [c for c in range(len(done_flags)) if not done_flags[c]]  # chunks of this store
     try:
         backbone = Backbone(settings, states) if todo else None
     except BackboneError as e:
         raise EncodeError(str(e)) from None
-    done_rows = sum(min(chunk_items, n_rows - c * chunk_items) for c in range(n_chunks) if done_flags[c])
-    bar = tqdm(total=n_rows, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
+    done_rows = sum(min(chunk_items, end - base - c * chunk_items) for c in range(len(done_flags)) if done_flags[c])
+    bar = tqdm(total=end - base, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
     batch_size = settings["batch_size"]
     start = time.perf_counter()
     for c in todo:
-        lo, hi = c * chunk_items, min((c + 1) * chunk_items, n_rows)
+        lo, hi = base + c * chunk_items, min(base + (c + 1) * chunk_items, end)  # item rows of the chunk
         block = np.zeros((hi - lo, n_states, width), dtype=np.float32)  # row 0 stays zero (padding)
         codes = np.zeros(hi - lo, dtype=np.uint8)
         rows = [r for r in range(lo, hi) if r > 0]
@@ -148,25 +188,63 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path,
             b += len(batch_rows)
         if lo == 0:
             bar.update(1)
-        states_array[lo:hi] = block.astype(np.float16)
-        missing[lo:hi] = codes
+        states_array[lo - base:hi - base] = block.astype(np.float16)
+        missing[lo - base:hi - base] = codes
         done[c] = True
         if on_chunk_done:
             on_chunk_done(c)
     bar.close()
+    _finish(group, partial, out, settings["modality"],
+            {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": batch_size})
+    return expected
 
-    if not all(done[:]):
-        raise RuntimeError(f"{partial}: some chunks are not done")
-    codes = missing[:]
-    kinds = ("no_text",) if settings["modality"] == "text" else ("no_image", "unreadable")
-    report = {status: int((codes == MISSING_CODES[status]).sum()) for status in kinds}
-    if any(report.values()):
-        print(f"{out.name}: items encoded as zeros: {report}")
-    group.attrs["missing_items"] = report
-    group.attrs["complete"] = True
-    group.attrs["encode_seconds"] = round(time.perf_counter() - start, 3)
-    group.attrs["batch_size_used"] = batch_size
-    partial.rename(out)
+
+def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[Path], out: Path,
+           chunk_items: int = 256, missing_image: str = "zeros") -> dict:
+    """Assemble the part stores of a sharded encode into the store at `out`, after checking that
+    every part was written for this request and that together they hold every item row once."""
+    items, expected = _request(items_parquet, settings, states, missing_image)
+    n_rows = items.num_rows + 1
+    found = {}
+    for path in parts:
+        if not Path(path).is_dir():
+            raise EncodeError(f"{path}: no such part store; run its encode shard first")
+        attrs = dict(open_store(path).attrs)
+        check_attributes({k: v for k, v in attrs.items() if k not in ("shard", "rows")},
+                         expected | {"complete": True, "chunk_items": chunk_items}, path)
+        found[tuple(attrs["shard"])] = (path, attrs)
+    counts = {n for _, n in found}
+    if len(counts) != 1:
+        raise EncodeError(f"the parts come from splits into different numbers of shards: {sorted(counts)}")
+    shards = counts.pop()
+    missing = sorted(set(range(shards)) - {i for i, _ in found})
+    if missing or len(parts) != shards:
+        raise EncodeError(f"gather needs each of the {shards} shards once; missing: {missing}, given: "
+                          f"{sorted(i for i, _ in found)} from {len(parts)} parts")
+    # Every row exactly once: the parts' ranges are the chunk-aligned split of all the rows.
+    for i in range(shards):
+        path, attrs = found[(i, shards)]
+        if attrs["rows"] != list(shard_rows(n_rows, chunk_items, i, shards)):
+            raise EncodeError(f"{path} holds rows {attrs['rows']}, not shard {i}'s "
+                              f"{list(shard_rows(n_rows, chunk_items, i, shards))}")
+
+    partial = out.with_name(out.name + ".partial")
+    group = _new_store(partial, n_rows, len(states), settings["hidden_size"], chunk_items,
+                       expected | {"chunk_items": chunk_items})
+    for i in range(shards):
+        path, attrs = found[(i, shards)]
+        lo, hi = attrs["rows"]
+        part = open_store(path)
+        group["states"][lo:hi] = part["states"][:]
+        group["missing"][lo:hi] = part["missing"][:]
+        first = lo // chunk_items
+        group["done"][first:first + part["done"].shape[0]] = part["done"][:]
+    timings = [found[(i, shards)][1] for i in range(shards)]
+    _finish(group, partial, out, settings["modality"], {
+        "encode_seconds": round(sum(a["encode_seconds"] for a in timings), 3),
+        "batch_size_used": min(a["batch_size_used"] for a in timings),
+        "shards": shards,
+    })
     return expected
 
 
@@ -179,12 +257,23 @@ def main(argv=None):
     parser.add_argument("--chunk-items", type=int, default=256)
     parser.add_argument("--missing-image", choices=["zeros", "error"], default="zeros",
                         help="an item without a readable image: zero states (counted) or an error")
+    parser.add_argument("--shard", type=int, nargs=2, metavar=("I", "N"), default=None,
+                        help="write only shard I of N (a part store; 0 <= I < N)")
+    parser.add_argument("--gather", type=Path, nargs="+", metavar="PART", default=None,
+                        help="assemble these part stores (all N shards) into --out instead of encoding")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    if args.shard and not 0 <= args.shard[0] < args.shard[1]:
+        parser.error("--shard I N needs 0 <= I < N")
     torch.set_num_threads(args.threads)
+    settings = json.loads(args.settings)
     try:
-        attrs = encode(args.items, json.loads(args.settings), args.states, args.out, args.chunk_items,
-                       args.missing_image)
+        if args.gather:
+            attrs = gather(args.items, settings, args.states, args.gather, args.out, args.chunk_items,
+                           args.missing_image)
+        else:
+            attrs = encode(args.items, settings, args.states, args.out, args.chunk_items, args.missing_image,
+                           shard=tuple(args.shard) if args.shard else None)
     except CacheError as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "

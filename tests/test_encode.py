@@ -152,3 +152,36 @@ def test_pooling_on_a_padded_batch():
     assert torch.allclose(POOLERS["mean"](h, mask)[1], h[1].mean(0))
     assert torch.allclose(POOLERS["mean_unmasked"](h, mask)[0], h[0].mean(0))
     assert torch.equal(POOLERS["last"](h, mask), torch.stack([h[0, 1], h[1, 2]]))
+
+
+def test_sharded_encode_equals_the_unsharded_store(tiny_vit, item_table, tmp_path):
+    """12 rows in chunks of 4: 3 shards hold one chunk each; 5 shards leave two of them empty."""
+    from pipeline.encode import EncodeError, gather, shard_rows
+
+    whole = tmp_path / "whole.zarr"
+    encode(item_table, tiny_vit, [0, 2, 4], whole, chunk_items=4)
+    for shards in (3, 5):
+        parts = [tmp_path / f"part{i}of{shards}.zarr" for i in range(shards)]
+        for i, part in enumerate(parts):
+            if i == 1:  # interrupted after its first chunk, then resumed
+                with pytest.raises(Interrupt):
+                    encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, shard=(i, shards),
+                           on_chunk_done=lambda c: (_ for _ in ()).throw(Interrupt()))
+            encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, shard=(i, shards))
+        assert [shard_rows(12, 4, i, shards) for i in range(shards)] == (
+            [(0, 4), (4, 8), (8, 12)] if shards == 3 else [(0, 0), (0, 4), (4, 4), (4, 8), (8, 12)])
+        out = tmp_path / f"gathered{shards}.zarr"
+        with pytest.raises(EncodeError, match=f"gather needs each of the {shards} shards once; missing: \\[{shards - 1}\\]"):
+            gather(item_table, tiny_vit, [0, 2, 4], parts[:-1], out, chunk_items=4)
+        gather(item_table, tiny_vit, [0, 2, 4], parts[::-1], out, chunk_items=4)
+        a, b = zarr.open_group(str(whole), mode="r"), zarr.open_group(str(out), mode="r")
+        for name in ("states", "missing", "done"):  # bit for bit
+            assert a[name][:].tobytes() == b[name][:].tobytes()
+        same = {k: v for k, v in dict(a.attrs).items() if k not in ("encode_seconds",)}
+        assert {k: v for k, v in dict(b.attrs).items() if k in same} == same and b.attrs["shards"] == shards
+
+    # A part written for another request (other kept states) is refused, naming the key.
+    other = tmp_path / "other.zarr"
+    encode(item_table, tiny_vit, [0, 4], other, chunk_items=4, shard=(0, 1))
+    with pytest.raises(CacheMismatch, match="kept_states"):
+        gather(item_table, tiny_vit, [0, 2, 4], [other], tmp_path / "x.zarr", chunk_items=4)

@@ -20,8 +20,8 @@ rule caption:
     threads: CFG["encode"]["threads"]
     resources:
         gpu=captioner_resource("gpus"),
-        mem_mb=captioner_resource("mem_mb"),
-        runtime=captioner_resource("runtime"),
+        mem_mb=captioner_resource("mem_mb", grows=True),
+        runtime=captioner_resource("runtime", grows=True),
     conda:
         "../../envs/models.yaml"
     shell:

@@ -102,8 +102,11 @@ def caption_inputs(wildcards):
     return files
 
 
-def captioner_resource(key):
-    """A resource of the caption job from the captioner's entry (gpus, mem_mb, runtime)."""
+def captioner_resource(key, grows=False):
+    """A resource of the caption job from the captioner's entry (gpus, mem_mb, runtime); with
+    `grows`, multiplied by the attempt."""
+    if grows:
+        return lambda wildcards, attempt: captioner(wildcards)[key] * attempt
     return lambda wildcards: captioner(wildcards)[key]
 
 
@@ -111,9 +114,29 @@ def caption_files(wildcards):
     return [f"results/{wildcards.dataset}/captions/{c}.parquet" for c in CFG["datasets"][wildcards.dataset]["captions"]]
 
 
-def encoder_resource(key):
-    """A resource of the encode job from the encoder's entry (gpus, mem_mb, runtime)."""
+def encoder_resource(key, grows=False):
+    """A resource of the encode job from the encoder's entry (gpus, mem_mb, runtime); with `grows`,
+    multiplied by the attempt, so a job retried after running out of memory or time gets more."""
+    if grows:
+        return lambda wildcards, attempt: CFG["encoders"][wildcards.encoder][key] * attempt
     return lambda wildcards: CFG["encoders"][wildcards.encoder][key]
+
+
+def encoder_shards(name):
+    return CFG["encoders"][name].get("shards") or CFG["encode"]["shards"]
+
+
+def encoders_with(predicate):
+    """A wildcard pattern matching exactly the encoders whose shard count satisfies predicate."""
+    names = [re.escape(n) for n in CFG["encoders"] if predicate(encoder_shards(n))]
+    return "|".join(names) if names else "(?!)"
+
+
+def shard_parts(wildcards):
+    """The part stores a sharded store is gathered from."""
+    n = encoder_shards(wildcards.encoder)
+    return [f"results/{wildcards.dataset}/cache/parts/{wildcards.encoder}{wildcards.read}.{wildcards.states}"
+            f".part{i}of{n}.zarr" for i in range(n)]
 
 
 def run_gpus(wildcards):

@@ -21,8 +21,8 @@ rule efficiency:
     threads: CFG["efficiency"]["threads"]
     resources:
         gpu=efficiency_gpus,
-        mem_mb=16000,
-        runtime=240,
+        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     conda:
         "../../envs/train.yaml"
     shell:

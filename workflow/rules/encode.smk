@@ -6,11 +6,14 @@ rule encode:
     Resumable: the work lives in <store>.partial until every chunk is written. A text encoder reads
     the titles, or a caption column (<encoder>.<column>.<states>.zarr) from items_captioned.parquet.
     Uses the GPUs the job sees (CUDA), else the CPU; asks the scheduler for the encoder's `gpus`.
+    Encoders with `shards` > 1 are encoded by encode_shard and gather_shards instead.
     """
     input:
         unpack(encoder_inputs),
     output:
         directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
+    wildcard_constraints:
+        encoder=encoders_with(lambda shards: shards == 1),
     params:
         settings=encoder_settings,
         states=kept_states_arg,
@@ -23,12 +26,73 @@ rule encode:
     threads: CFG["encode"]["threads"]
     resources:
         gpu=encoder_resource("gpus"),
-        mem_mb=encoder_resource("mem_mb"),
-        runtime=encoder_resource("runtime"),
+        mem_mb=encoder_resource("mem_mb", grows=True),
+        runtime=encoder_resource("runtime", grows=True),
     conda:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
         "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
-        "--threads {threads} "
-        "--out {output} > {log} 2>&1"
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule encode_shard:
+    """One shard of a sharded encode: a part store with a chunk-aligned range of the item rows,
+    resumable like a whole store. Deleted once gather_shards has assembled the store."""
+    input:
+        unpack(encoder_inputs),
+    output:
+        temp(directory("results/{dataset}/cache/parts/{encoder}{read}.{states}.part{shard}of{shards}.zarr")),
+    wildcard_constraints:
+        encoder=encoders_with(lambda shards: shards > 1),
+        shard=r"\d+",
+        shards=r"\d+",
+    params:
+        settings=encoder_settings,
+        states=kept_states_arg,
+        chunk_items=CFG["encode"]["chunk_items"],
+        missing_image=CFG["encode"]["missing_image"],
+    log:
+        "results/logs/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.tsv"
+    threads: CFG["encode"]["threads"]
+    resources:
+        gpu=encoder_resource("gpus"),
+        mem_mb=encoder_resource("mem_mb", grows=True),
+        runtime=encoder_resource("runtime", grows=True),
+    conda:
+        "../../envs/models.yaml"
+    shell:
+        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "--threads {threads} --shard {wildcards.shard} {wildcards.shards} --out {output} > {log} 2>&1"
+
+
+rule gather_shards:
+    """Assemble a sharded encode's parts into the store, after checking that every part was written
+    for this request and that together they hold every item row once."""
+    input:
+        unpack(encoder_inputs),
+        parts=shard_parts,
+    output:
+        directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
+    wildcard_constraints:
+        encoder=encoders_with(lambda shards: shards > 1),
+    params:
+        settings=encoder_settings,
+        states=kept_states_arg,
+        chunk_items=CFG["encode"]["chunk_items"],
+        missing_image=CFG["encode"]["missing_image"],
+    log:
+        "results/logs/{dataset}/gather.{encoder}{read}.{states}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    conda:
+        "../../envs/models.yaml"
+    shell:
+        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "--gather {input.parts} --out {output} > {log} 2>&1"

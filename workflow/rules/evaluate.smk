@@ -16,8 +16,8 @@ rule evaluate:
     threads: CFG["train"]["threads"]
     resources:
         gpu=run_gpus,
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 60 * attempt,
     conda:
         "../../envs/train.yaml"
     shell:

@@ -19,8 +19,8 @@ rule train:
     threads: CFG["train"]["threads"]
     resources:
         gpu=run_gpus,
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=lambda wildcards, attempt: 240 * attempt,
     conda:
         "../../envs/train.yaml"
     shell:
