@@ -9,17 +9,18 @@ and status: ok, missing (the item has no cover / video file) or unreadable (the 
 decoded). The prompt, the model and the generation settings are stored in the file's metadata;
 `--report` gets the counts. Missing and unreadable items are counted, never fatal.
 
-Generation is greedy (deterministic) and batched, on the GPU when there is one. The work happens
-in `<out>.partial/`: each finished batch is one Parquet file there, so a rerun skips every item
-already captioned and an interruption loses at most one batch. The batches are the same on every
-run, so a resumed column equals an uninterrupted one.
+Generation is greedy (deterministic) and batched, on the GPU when there is one. Every finished
+batch is written to a work folder beside the output (`.<column>.work/<settings hash>/`, kept
+after the column is written), keyed by item id and file: an interrupted run loses at most one
+batch, and any rerun with the same model, prompt and generation settings (Snakemake deletes a
+job's output before rerunning it) generates only the captions it lacks. Left padding makes a
+caption independent of its batch-mates, so reused and new captions are the same as one run's.
 
 Usage: python -m pipeline.caption --items ITEMS.parquet --settings JSON --prompt P.yaml --column C --out C.parquet
 """
 import argparse
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from pipeline.frames import VideoError, evenly_spaced_points, extract_frames
 
 FORMAT_VERSION = 1
 STATUSES = ("ok", "missing", "unreadable")
+BATCH_SCHEMA = pa.schema([("item_id", pa.string()), ("path", pa.string()), ("caption", pa.string()),
+                          ("status", pa.string())])
 
 
 class CaptionError(ValueError):
@@ -97,6 +100,13 @@ class Captioner:
         self.prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
         self.model = self._load(path, remote)
         self.device = self.model.get_input_embeddings().weight.device
+        if not settings["anyres"]:  # one base tile per image: three video frames fit a 4k context
+            crop = self.processor.image_processor.crop_size
+            grid = [[crop["height"], crop["width"]]]
+            self.processor.image_processor.image_grid_pinpoints = grid
+            self.model.config.image_grid_pinpoints = grid
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        self.context = getattr(text_config, "max_position_embeddings", None)
 
     def _load(self, path: str, remote: bool):
         dtype = DTYPES[self.settings["dtype"]]
@@ -131,7 +141,7 @@ class Captioner:
         try:
             with Image.open(path) as im:
                 return [im.convert("RGB")], "ok"
-        except OSError:
+        except (OSError, Image.DecompressionBombError):
             return None, "unreadable"
 
     @torch.inference_mode()
@@ -141,6 +151,11 @@ class Captioner:
             inputs = self.processor(images=visuals, text=[self.prompt] * len(visuals), padding=True,
                                     return_tensors="pt").to(self.device)
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            length = inputs["input_ids"].shape[1] + self.settings["max_new_tokens"]
+            if self.context and length > self.context:
+                raise CaptionError(f"a prompt of {inputs['input_ids'].shape[1]} tokens (images included) plus "
+                                   f"max_new_tokens {self.settings['max_new_tokens']} exceeds the model's "
+                                   f"{self.context}-token context: set anyres: false, fewer frames or fewer tokens")
             out = self.model.generate(**inputs, do_sample=False, num_beams=1,
                                       max_new_tokens=self.settings["max_new_tokens"],
                                       pad_token_id=self.tokenizer.pad_token_id)
@@ -155,15 +170,8 @@ class Captioner:
         return [" ".join(t.split()) for t in texts]
 
 
-def source_fingerprint(items: pa.Table, source: str) -> str:
-    h = hashlib.sha256()
-    for name in ("item_id", source):
-        h.update(json.dumps(items.column(name).to_pylist()).encode())
-    return h.hexdigest()[:16]
-
-
-def caption_settings(settings: dict, prompt: Prompt, column: str, items: pa.Table) -> dict:
-    """What a caption column depends on; a partial or finished column for other settings is refused."""
+def caption_settings(settings: dict, prompt: Prompt, column: str) -> dict:
+    """What a caption depends on: the model, the prompt and the generation settings."""
     return {
         "format_version": FORMAT_VERSION,
         "column": column,
@@ -171,83 +179,91 @@ def caption_settings(settings: dict, prompt: Prompt, column: str, items: pa.Tabl
         "weights_fingerprint": weights_fingerprint(settings["path"]),
         "source": settings["source"],
         "frames": settings["frames"] if settings["source"] == "video" else None,
+        "anyres": settings["anyres"],
         "prompt": {"name": prompt.name, "version": prompt.version, "sha256": prompt.sha256, "text": prompt.text},
         "max_new_tokens": settings["max_new_tokens"],
-        "batch_size": settings["batch_size"],
         "dtype": settings["dtype"],
         "quantization": settings.get("quantization"),
-        "items": items.num_rows,
-        "items_fingerprint": source_fingerprint(items, settings["source"]),
     }
+
+
+def work_folder(out: Path, expected: dict) -> Path:
+    """Where finished batches for these settings live: kept after the column is written, so a
+    rerun (Snakemake deletes a job's output first) reuses every caption already generated."""
+    key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:12]
+    return out.parent / f".{out.stem}.work" / key
+
+
+def finished(work: Path) -> dict[tuple[str, str], tuple[str | None, str]]:
+    """(item_id, file path) -> (caption, status) of every finished batch in the work folder."""
+    done = {}
+    for path in sorted(work.glob("batch-*.parquet")):
+        batch = pq.read_table(path).to_pydict()
+        for item_id, file, text, status in zip(batch["item_id"], batch["path"], batch["caption"], batch["status"]):
+            done[(item_id, file)] = (text, status)
+    return done
 
 
 def caption(items_parquet: Path, settings: dict, prompt_path: Path, column: str, out: Path,
             on_batch_done=None) -> dict:
-    """Write (or finish) the caption column at `out`; return its report. Resumable per batch."""
+    """Write the caption column at `out`; return its report. Every finished batch is kept in the
+    work folder, so an interrupted or repeated run generates only the captions it lacks."""
     items = pq.read_table(items_parquet)
     prompt = load_prompt(prompt_path)
     source = settings["source"]
     if prompt.source != source:
         raise CaptionError(f"{prompt_path} is a prompt for {prompt.source}s, but the captioner describes {source}s")
-    expected = caption_settings(settings, prompt, column, items)
+    expected = caption_settings(settings, prompt, column)
     if out.exists():
-        found = json.loads(pq.read_schema(out).metadata[b"caption_settings"])
-        if found != expected:
+        metadata = pq.read_schema(out).metadata or {}
+        if b"caption_settings" not in metadata:
+            raise CaptionError(f"{out} is not a caption column written by this stage; delete it to caption")
+        if json.loads(metadata[b"caption_settings"]) != expected:
             raise CaptionError(f"{out} was written with other settings; delete it to caption again")
         print(f"{out} is complete; nothing to do")
         return summary(pq.read_table(out), column, expected, seconds=0.0)
 
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        found = json.loads((partial / "settings.json").read_text())
-        if found != expected:
-            changed = sorted(k for k in expected if found.get(k) != expected[k])
-            raise CaptionError(f"{partial} was started with other settings ({', '.join(changed)}); "
-                               f"delete it to caption from the start")
-    else:
-        partial.mkdir(parents=True)
-        write_json(partial / "settings.json", expected)
-
-    paths = items.column(source).to_pylist()
-    candidates = [row for row, p in enumerate(paths) if p]  # rows of items that have a file to describe
+    work = work_folder(out, expected)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(work / "settings.json", expected)  # for people: which settings these captions are for
+    done = finished(work)
+    ids, paths = items.column("item_id").to_pylist(), items.column(source).to_pylist()
+    todo = [row for row, (i, p) in enumerate(zip(ids, paths)) if p and (i, p) not in done]
     size = settings["batch_size"]
-    batches = [candidates[lo:lo + size] for lo in range(0, len(candidates), size)]
-    part = [partial / f"batch-{b:05d}.parquet" for b in range(len(batches))]
-    todo = [b for b in range(len(batches)) if not part[b].exists()]
-    done_items = sum(len(batches[b]) for b in range(len(batches)) if b not in todo)
+    batches = [todo[lo:lo + size] for lo in range(0, len(todo), size)]
+    first = 1 + max((int(p.stem.split("-")[1]) for p in work.glob("batch-*.parquet")), default=-1)
+    reused = sum(1 for i, p in zip(ids, paths) if p and (i, p) in done)
     start = time.perf_counter()
-    captioner = Captioner(settings, prompt) if todo else None
-    bar = tqdm(total=len(candidates), initial=done_items, unit="item", desc=f"caption {column}", smoothing=0.1)
-    for b in todo:
-        loaded = [captioner.load(paths[row]) for row in batches[b]]
+    captioner = Captioner(settings, prompt) if batches else None
+    bar = tqdm(total=reused + len(todo), initial=reused, unit="item", desc=f"caption {column}", smoothing=0.1)
+    for b, rows in enumerate(batches):
+        loaded = [captioner.load(paths[row]) for row in rows]
         visible = [images for images, status in loaded if status == "ok"]
         texts = iter(captioner(visible) if visible else [])
-        table = pa.table({
-            "row": pa.array(batches[b], pa.int32()),
-            "caption": pa.array([next(texts) if status == "ok" else None for _, status in loaded], pa.string()),
-            "status": pa.array([status for _, status in loaded], pa.string()),
-        })
-        with atomic_path(part[b]) as tmp:
-            pq.write_table(table, tmp)
-        bar.update(len(batches[b]))
+        batch = {
+            "item_id": [ids[row] for row in rows],
+            "path": [paths[row] for row in rows],
+            "caption": [next(texts) if status == "ok" else None for _, status in loaded],
+            "status": [status for _, status in loaded],
+        }
+        with atomic_path(work / f"batch-{first + b:05d}.parquet") as tmp:
+            pq.write_table(pa.table(batch, schema=BATCH_SCHEMA), tmp)
+        done.update({(i, p): (t, st) for i, p, t, st in zip(*batch.values())})
+        bar.update(len(rows))
         if on_batch_done:
             on_batch_done(b)
     bar.close()
 
-    captions, status = [None] * items.num_rows, ["missing"] * items.num_rows
-    for path in part:
-        for row, text, st in zip(*pq.read_table(path).to_pydict().values()):
-            captions[row], status[row] = text, st
+    rows = [done.get((i, p), (None, "missing")) if p else (None, "missing") for i, p in zip(ids, paths)]
     table = pa.table({
         "item_idx": items.column("item_idx"),
         "item_id": items.column("item_id"),
-        column: pa.array(captions, pa.string()),
-        "status": pa.array(status, pa.string()),
+        column: pa.array([text for text, _ in rows], pa.string()),
+        "status": pa.array([status for _, status in rows], pa.string()),
     }).replace_schema_metadata({"caption_settings": json.dumps(expected, sort_keys=True)})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
-    shutil.rmtree(partial)
-    return summary(table, column, expected, seconds=time.perf_counter() - start)
+    return summary(table, column, expected, seconds=time.perf_counter() - start) | {"reused": reused}
 
 
 def summary(table: pa.Table, column: str, settings: dict, seconds: float) -> dict:
@@ -273,10 +289,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="the caption column's Parquet file")
     parser.add_argument("--report", type=Path, default=None, help="JSON with the counts per status")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device-map", choices=["auto", "none"], default="none",
+                        help="auto: spread the model over the GPUs this job sees (accelerate)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
-        report = caption(args.items, json.loads(args.settings), args.prompt, args.column, args.out)
+        settings = json.loads(args.settings) | {"device_map": None if args.device_map == "none" else args.device_map}
+        report = caption(args.items, settings, args.prompt, args.column, args.out)
     except CaptionError as e:
         raise SystemExit(f"caption: {e}")
     if args.report:

@@ -253,6 +253,11 @@ def cache_path(dataset: str, encoder: str, states: list[int], column: str = "tit
     return f"results/{dataset}/cache/{encoder}{read}.{layerdrop.tag(states)}.zarr"
 
 
+def caption_path(dataset: str, column: str) -> str:
+    """Where the caption rule writes a caption column."""
+    return f"results/{dataset}/captions/{column}.parquet"
+
+
 def text_columns(cfg: dict, dataset: str, run: dict) -> dict[str, str]:
     """The item-table column each text tower of a run reads, checked against the dataset."""
     columns = {}
@@ -272,14 +277,6 @@ def text_columns(cfg: dict, dataset: str, run: dict) -> dict[str, str]:
     return columns
 
 
-def item_table(cfg: dict, dataset: str, run_name: str) -> str:
-    """The item table a run's stages read: with the caption columns if a tower reads one."""
-    run = cfg["runs"][run_name] | {"name": run_name}
-    if any(c != "title" for c in text_columns(cfg, dataset, run).values()):
-        return f"results/{dataset}/items_captioned.parquet"
-    return f"results/{dataset}/items.parquet"
-
-
 def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
     """Everything the train and evaluate stages need to know about one run on one dataset."""
     if dataset not in cfg["datasets"]:
@@ -293,7 +290,8 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         for tower, states in kept_states(cfg, run).items():
             enc = cfg["encoders"][run[tower]]
             # Only a caption column is named, so title runs keep their settings (and results).
-            read = {"column": columns[tower]} if columns.get(tower, "title") != "title" else {}
+            column = columns.get(tower, "title")
+            read = {"column": column} if column != "title" else {}
             towers[tower] = {
                 "encoder": run[tower],
                 "model": enc.get("package") or enc["path"],
@@ -301,9 +299,10 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
                 "hidden_size": enc["hidden_size"],
                 "kept_states": states,
                 **read,
+                **({"captions": caption_path(dataset, column)} if read else {}),
             }
             if run["method"] in CACHED_METHODS:
-                towers[tower]["cache"] = cache_path(dataset, run[tower], states, columns.get(tower, "title"))
+                towers[tower]["cache"] = cache_path(dataset, run[tower], states, column)
             else:  # the backbone is loaded by train and evaluate themselves
                 towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read
     return {

@@ -25,13 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pipeline.cache import CacheError
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path
-from pipeline.run import build_model, count_parameters, load_caches, param_groups
+from pipeline.run import build_model, count_parameters, load_caches, param_groups, run_items
 from pipeline.train import device, peak_memory_bytes, train_step
 
 MIN_SECONDS = 2.0  # timed seconds per measurement, at least: 20 ms steps need many to be steady
@@ -46,7 +45,7 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     t = run["train"]
     torch.manual_seed(t["seed"])
     dev = device()
-    items = pq.read_table(items_parquet)
+    items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
     caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import zarr
 from tqdm import tqdm
@@ -41,6 +40,8 @@ from pipeline.cache import (
     store_bytes,
 )
 from pipeline.files import weights_fingerprint
+from pipeline.data import DataError
+from pipeline.join_captions import read_items
 
 FORMAT_VERSION = 2
 
@@ -104,8 +105,8 @@ def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: d
     partial.rename(out)
 
 
-def _request(items_parquet: Path, settings: dict, states: list[int], missing_image: str):
-    items = pq.read_table(items_parquet)
+def _request(items_parquet: Path, settings: dict, states: list[int], missing_image: str, captions=()):
+    items = read_items(items_parquet, captions)
     bad = [s for s in states if not 0 <= s <= settings["layers"]]
     if bad or list(states) != sorted(set(states)):
         raise EncodeError(f"kept states {list(states)} must increase within 0..{settings['layers']}")
@@ -113,15 +114,16 @@ def _request(items_parquet: Path, settings: dict, states: list[int], missing_ima
 
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, chunk_items: int = 256,
-           missing_image: str = "zeros", on_chunk_done=None, shard: tuple[int, int] | None = None) -> dict:
+           missing_image: str = "zeros", on_chunk_done=None, shard: tuple[int, int] | None = None,
+           captions=()) -> dict:
     """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
 
     missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
     like padding, and it is counted in the `missing` array) or `error`.
     shard: (i, n) writes only shard i of n, a part store holding its rows (see shard_rows), for
-    `gather` to assemble.
+    `gather` to assemble. captions: caption files whose columns join the item table.
     """
-    items, expected = _request(items_parquet, settings, states, missing_image)
+    items, expected = _request(items_parquet, settings, states, missing_image, captions)
     n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
     base, end = shard_rows(n_rows, chunk_items, *shard) if shard else (0, n_rows)
     if shard:
@@ -200,10 +202,10 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, ch
 
 
 def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[Path], out: Path,
-           chunk_items: int = 256, missing_image: str = "zeros") -> dict:
+           chunk_items: int = 256, missing_image: str = "zeros", captions=()) -> dict:
     """Assemble the part stores of a sharded encode into the store at `out`, after checking that
     every part was written for this request and that together they hold every item row once."""
-    items, expected = _request(items_parquet, settings, states, missing_image)
+    items, expected = _request(items_parquet, settings, states, missing_image, captions)
     n_rows = items.num_rows + 1
     found = {}
     for path in parts:
@@ -261,20 +263,24 @@ def main(argv=None):
                         help="write only shard I of N (a part store; 0 <= I < N)")
     parser.add_argument("--gather", type=Path, nargs="+", metavar="PART", default=None,
                         help="assemble these part stores (all N shards) into --out instead of encoding")
+    parser.add_argument("--captions", type=Path, nargs="+", default=(),
+                        help="caption files (captions/<column>.parquet) whose columns the encoder may read")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device-map", choices=["auto", "none"], default="none",
+                        help="auto: spread the model over the GPUs this job sees (accelerate)")
     args = parser.parse_args(argv)
     if args.shard and not 0 <= args.shard[0] < args.shard[1]:
         parser.error("--shard I N needs 0 <= I < N")
     torch.set_num_threads(args.threads)
-    settings = json.loads(args.settings)
+    settings = json.loads(args.settings) | {"device_map": None if args.device_map == "none" else args.device_map}
     try:
         if args.gather:
             attrs = gather(args.items, settings, args.states, args.gather, args.out, args.chunk_items,
-                           args.missing_image)
+                           args.missing_image, captions=args.captions)
         else:
             attrs = encode(args.items, settings, args.states, args.out, args.chunk_items, args.missing_image,
-                           shard=tuple(args.shard) if args.shard else None)
-    except CacheError as e:
+                           shard=tuple(args.shard) if args.shard else None, captions=args.captions)
+    except (CacheError, DataError) as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "
           f"{store_bytes(args.out)} bytes")

@@ -30,6 +30,7 @@ from pipeline.run import (
     parse_run_arguments,
     ranking_metrics,
     run_arguments,
+    run_items,
     top_k,
 )
 
@@ -41,6 +42,12 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:  # the library also runs without Snakemake
         return None
+
+
+def text_column(tower: dict) -> dict:
+    """{"column": ...} for a text tower (title unless it reads a caption), {} for an image tower."""
+    modality = tower["settings"]["modality"] if "settings" in tower else open_store(tower["cache"]).attrs["modality"]
+    return {"column": tower.get("column", "title")} if modality == "text" else {}
 
 
 def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
@@ -81,7 +88,7 @@ def top_k_table(score, split, items, k: int, batch: int) -> pa.Table:
 
 def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir: Path | None,
              out_json: Path, per_user_parquet: Path, topk_parquet: Path | None = None) -> dict:
-    items = pq.read_table(items_parquet)
+    items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, run["train"]["max_history"])
     score = scorer(run, items, splits.item_counts, model_dir)
@@ -104,7 +111,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         "dataset": run["dataset"],
         "run": run["run"],
         "method": run["method"],
-        "encoders": {name: {"encoder": t["encoder"], "column": t.get("column", "title"), "kept_states": t["kept_states"]}
+        "encoders": {name: {"encoder": t["encoder"], **text_column(t), "kept_states": t["kept_states"]}
                      for name, t in run["towers"].items()},
         "missing_items": {name: dict(open_store(t["cache"]).attrs).get("missing_items", {})
                           for name, t in run["towers"].items() if "cache" in t},

@@ -63,8 +63,19 @@ def extract_frames(path: str | Path, points=DEFAULT_POINTS) -> list[Image.Image]
 
 
 def _frames_by_count(container, stream, points) -> list[Image.Image]:
-    """Without a known duration: decode every frame, keep those at the points' indices."""
-    frames = [f.to_image() for f in container.decode(stream)]
-    if not frames:
+    """Without a known duration: count the frames, then decode from the start and keep the
+    frames at the points' indices (only those are converted and held)."""
+    count = sum(1 for packet in container.demux(stream) if packet.size)
+    if not count:
         raise VideoError(f"{container.name}: no frames")
-    return [frames[min(int(p * len(frames)), len(frames) - 1)] for p in points]
+    wanted = [min(int(p * count), count - 1) for p in points]
+    container.seek(0, stream=stream)
+    kept = {}
+    for index, frame in enumerate(container.decode(stream)):
+        if index in wanted:
+            kept[index] = frame.to_image()
+        if index >= max(wanted):
+            break
+    if len(kept) != len(set(wanted)):
+        raise VideoError(f"{container.name}: fewer frames decoded than its {count} packets")
+    return [kept[i] for i in wanted]

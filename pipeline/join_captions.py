@@ -1,7 +1,9 @@
 """join_captions: items.parquet + caption columns -> items_captioned.parquet.
 
 The item table with one more column per caption file (null where the item has no caption), in
-the same rows and order, so any text tower can read a caption column like the title.
+the same rows and order. The stages join the columns they read themselves (read_items), so a
+change to one caption column re-runs only what reads it; items_captioned.parquet, with every
+column, is for people and tools.
 
 Usage: python -m pipeline.join_captions --items ITEMS.parquet --captions C1.parquet [C2.parquet ...] --out OUT.parquet
 """
@@ -35,6 +37,14 @@ def join_captions(items: pa.Table, captions: dict[Path, pa.Table]) -> pa.Table:
             raise DataError(f"{path}: column '{column}' is already in the item table")
         items = items.append_column(column, table.column(column))
     return items
+
+
+def read_items(items_parquet: Path, captions=()) -> pa.Table:
+    """items.parquet with the caption columns of the given caption files appended."""
+    items = pq.read_table(items_parquet)
+    if not captions:
+        return items
+    return join_captions(items, {Path(p): pq.read_table(p) for p in captions})
 
 
 def main(argv=None):

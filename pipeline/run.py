@@ -58,6 +58,13 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None) -> Rec
                        backbones=backbones)
 
 
+def run_items(run: dict, items_parquet: Path) -> pa.Table:
+    """The item table with the caption columns the run's towers read (their `captions` files)."""
+    from pipeline.join_captions import read_items
+
+    return read_items(items_parquet, sorted({t["captions"] for t in run["towers"].values() if "captions" in t}))
+
+
 def param_groups(model: Recommender, t: dict) -> list[dict]:
     """The reference's learning rates: user encoder and fusion, image and inter side, text side."""
     groups = {"user": [], "image": [], "text": []}

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from pipeline.run import (
     parse_run_arguments,
     ranking_metrics,
     run_arguments,
+    run_items,
 )
 
 
@@ -66,7 +66,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     rng = np.random.default_rng(t["seed"])
     dev = device()
 
-    items = pq.read_table(items_parquet)
+    items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
     if len(splits.train_windows) == 0:

@@ -25,7 +25,7 @@ def tiny_llava(tmp_path_factory) -> dict:
     """A random LLaVA-NeXT with a BPE tokenizer trained from scratch and the real processor."""
     path = tmp_path_factory.mktemp("models") / "tiny-llava"
     settings = {"path": str(path), "source": "image", "frames": 3, "max_new_tokens": 12, "batch_size": 3,
-                "dtype": "float32", "build": {"architecture": "llava_next", "layers": 2, "hidden_size": 64,
+                "anyres": True, "dtype": "float32", "build": {"architecture": "llava_next", "layers": 2, "hidden_size": 64,
                                               "vocab_size": 1000, "seed": 0}}
     build_llava_next(settings, path)
     return settings
@@ -82,8 +82,9 @@ def test_covers_are_captioned_and_missing_ones_counted(covers, tiny_llava, tmp_p
     assert caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", out)["ok"] == 6
 
 
-def test_an_interrupted_column_resumes_where_it_stopped(covers, tiny_llava, tmp_path, monkeypatch):
-    whole = tmp_path / "whole.parquet"
+def test_an_interrupted_column_resumes_and_reruns_reuse_every_caption(covers, tiny_llava, tmp_path, monkeypatch):
+    whole = tmp_path / "whole" / "cover_caption.parquet"
+    whole.parent.mkdir()
     caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", whole)
 
     class Interrupted(Exception):
@@ -95,23 +96,45 @@ def test_an_interrupted_column_resumes_where_it_stopped(covers, tiny_llava, tmp_
     out = tmp_path / "cover_caption.parquet"
     with pytest.raises(Interrupted):
         caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", out, on_batch_done=stop_after_first)
-    partial = tmp_path / "cover_caption.parquet.partial"
-    assert not out.exists() and sorted(p.name for p in partial.glob("batch-*")) == ["batch-00000.parquet"]
-
-    # The prompt is part of the settings: a partial column of another prompt is not continued.
-    other = tmp_path / "other.yaml"
-    other.write_text(COVER_PROMPT.read_text().replace("version: 1", "version: 2"))
-    with pytest.raises(CaptionError, match="started with other settings \\(prompt\\)"):
-        caption(covers, tiny_llava, other, "cover_caption", out)
+    [work] = (tmp_path / ".cover_caption.work").iterdir()
+    assert not out.exists() and sorted(p.name for p in work.glob("batch-*")) == ["batch-00000.parquet"]
 
     seen = []
     generate = caption_module.Captioner.__call__
     monkeypatch.setattr(caption_module.Captioner, "__call__", lambda self, v: seen.append(len(v)) or generate(self, v))
-    caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", out)
-    # Batches of the 7 items with a cover file: [0, 1, 3] (done before), [4, 5, 6] (5 is unreadable), [7].
-    assert seen == [2, 1]
-    assert not partial.exists()
+    report = caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", out)
+    # The 7 items with a cover file: [0, 1, 3] were done before; [4, 5, 6] (5 is unreadable) and [7] now.
+    assert seen == [2, 1] and report["reused"] == 3
     assert pq.read_table(out).equals(pq.read_table(whole))
+
+    # Snakemake deletes an output before re-running its job: every caption is reused.
+    out.unlink()
+    seen.clear()
+    assert caption(covers, tiny_llava, COVER_PROMPT, "cover_caption", out)["reused"] == 7 and seen == []
+    assert pq.read_table(out).equals(pq.read_table(whole))
+
+    # Another prompt is other captions: its own work folder, every item captioned again.
+    other = tmp_path / "other.yaml"
+    other.write_text(COVER_PROMPT.read_text().replace("version: 1", "version: 2"))
+    caption(covers, tiny_llava, other, "cover_caption", tmp_path / "v2.parquet")
+    assert seen == [3, 2, 1] and len(list((tmp_path / ".cover_caption.work").iterdir())) == 1
+    assert len(list((tmp_path / ".v2.work").iterdir())) == 1
+
+
+def test_one_base_tile_per_image_and_the_context_is_checked(covers, tiny_llava, tmp_path, monkeypatch):
+    sizes = []
+    generate = caption_module.Captioner.__call__
+
+    def spy(self, visuals):
+        inputs = self.processor(images=visuals, text=[self.prompt] * len(visuals), padding=True, return_tensors="pt")
+        sizes.append(tuple(inputs["pixel_values"].shape[:2]))
+        return generate(self, visuals)
+
+    monkeypatch.setattr(caption_module.Captioner, "__call__", spy)
+    caption(covers, tiny_llava | {"anyres": False, "batch_size": 8}, COVER_PROMPT, "c", tmp_path / "base.parquet")
+    assert sizes == [(6, 2)]  # 6 readable covers, each the base image and one tile (anyres: up to 5)
+    with pytest.raises(CaptionError, match="exceeds the model's 8192-token context"):
+        caption(covers, tiny_llava | {"max_new_tokens": 9000}, COVER_PROMPT, "c", tmp_path / "long.parquet")
 
 
 @pytest.mark.skipif(not VIDEO.exists(), reason=f"the real MicroLens video is not at {VIDEO}")

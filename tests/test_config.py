@@ -98,5 +98,7 @@ def test_caption_settings_are_checked(tmp_path):
         load_config(write_config(tmp_path, CAPTIONED.replace("source: image", "source: video")))
     with pytest.raises(ConfigError, match="key 'datasets.d.captions'"):  # a column name taken by the item table
         load_config(write_config(tmp_path, CAPTIONED.replace("{cover_caption: llava}", "{title: llava}")))
+    with pytest.raises(ConfigError, match="key 'datasets.d.captions'"):  # the caption files' own column
+        load_config(write_config(tmp_path, CAPTIONED.replace("{cover_caption: llava}", "{status: llava}")))
     with pytest.raises(ConfigError, match="key 'runs.r.columns.image': the run has no image tower"):
         load_config(write_config(tmp_path, CAPTIONED + "    columns: {image: cover_caption}\n"))

@@ -41,3 +41,15 @@ def test_an_undecodable_file_raises_a_video_error(tmp_path):
     bad.write_bytes(b"not a video" * 100)
     with pytest.raises(VideoError, match="broken.mp4"):
         extract_frames(bad)
+
+
+@needs_video
+def test_without_a_known_duration_the_frames_are_picked_by_count():
+    from pipeline.frames import _frames_by_count
+
+    with av.open(str(VIDEO)) as container:
+        every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    with av.open(str(VIDEO)) as container:
+        frames = _frames_by_count(container, container.streams.video[0], (0.1, 0.5, 0.9))
+    for index, frame in zip((22, 113, 204), frames):  # int(p * 227)
+        np.testing.assert_array_equal(np.asarray(frame), every[index])

@@ -102,7 +102,7 @@ def test_captions_through_the_rules_and_two_text_towers(tmp_path):
     IISAN with MiniLM over the titles in one tower and the cover captions in the other."""
     (tmp_path / "config.yaml").write_text(CAPTION_CONFIG)
     done = snakemake(tmp_path, "--cores", "2", "results/tiny/title-cover-caption.json",
-                     "results/microlens-sample/captions/video_caption.parquet")
+                     "results/microlens-sample/captions/video_caption.parquet", "results/tiny/items_captioned.parquet")
     assert done.returncode == 0, done.stderr[-3000:]
     covers = json.loads((tmp_path / "results/tiny/captions/cover_caption.json").read_text())
     assert covers["ok"] == covers["items"] > 0 and covers["prompt"]["name"] == "cover-dalle2"
@@ -166,5 +166,8 @@ def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
                               "results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"}
     assert all("gpu=1" in r for r in encodes.values())
     assert "runtime=360" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    # Spread over the node's GPUs: a resource of the job, so changing it re-runs nothing.
+    assert "device_map=auto" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    assert "device_map=none" in encodes["results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"]
     assert "gpu=1" in jobs["train"][0][1] and "gpu=1" in jobs["evaluate"][0][1]
     assert "gpu=" not in jobs["prepare"][0][1]

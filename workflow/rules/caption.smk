@@ -22,11 +22,12 @@ rule caption:
         gpu=captioner_resource("gpus"),
         mem_mb=captioner_resource("mem_mb", grows=True),
         runtime=captioner_resource("runtime", grows=True),
+        device_map=device_map(captioner),
     conda:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.caption --items {input.item_table} --settings {params.settings:q} "
-        "--prompt {input.prompt} --column {wildcards.column} --threads {threads} "
+        "--prompt {input.prompt} --column {wildcards.column} --threads {threads} --device-map {resources.device_map} "
         "--out {output.captions} --report {output.report} > {log} 2>&1"
 
 

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, item_table, load_config, resolve_run, raw_paths
+from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, caption_path, load_config, resolve_run, raw_paths
 from pipeline.layerdrop import tag as states_tag
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -150,11 +150,22 @@ def run_gpus(wildcards):
 
 
 def encoder_inputs(wildcards):
-    table = "items_captioned" if wildcards.read else "items"
-    files = {"item_table": f"results/{wildcards.dataset}/{table}.parquet"}
+    files = {"item_table": f"results/{wildcards.dataset}/items.parquet"}
+    if wildcards.read:  # a caption column: only its own file, so other columns' changes re-run nothing here
+        files["captions"] = caption_path(wildcards.dataset, wildcards.read[1:])
     if "build" in CFG["encoders"][wildcards.encoder]:
         files["model"] = CFG["encoders"][wildcards.encoder]["path"]
     return files
+
+
+def device_map(entry):
+    """A resource, not a param: placement changes no result, so it must not re-run a job
+    (moving a 70B encode to more GPUs), and params would."""
+    return lambda wildcards: entry(wildcards).get("device_map") or "none"
+
+
+def captions_arg(wildcards, input):
+    return f"--captions {input.captions}" if "captions" in input.keys() else ""
 
 
 def kept_states_arg(wildcards):
@@ -166,27 +177,22 @@ def run_caches(wildcards):
 
 
 def run_inputs(dataset, run_name):
-    """A cached run's stores; an uncached run's built encoders (hub models need no input)."""
+    """A cached run's stores; an uncached run's built encoders (hub models need no input); the
+    caption columns its towers read."""
     run = resolve_run(CFG, dataset, run_name)
     caches = [tower["cache"] for tower in run["towers"].values() if "cache" in tower]
     built = [CFG["encoders"][t["encoder"]]["path"] for t in run["towers"].values()
              if "cache" not in t and "build" in CFG["encoders"][t["encoder"]]]
-    return caches + built
+    captions = sorted({t["captions"] for t in run["towers"].values() if "captions" in t})
+    return caches + built + captions
 
 
-def tables(dataset, runs=()):
-    """The item table (with caption columns if one of `runs` reads one) and the sequences."""
-    captioned = any(item_table(CFG, dataset, r).endswith("items_captioned.parquet") for r in runs)
-    table = "items_captioned" if captioned else "items"
-    return {"item_table": f"results/{dataset}/{table}.parquet", "sequences": f"results/{dataset}/sequences.parquet"}
-
-
-def run_tables(wildcards):
-    return tables(wildcards.dataset, [wildcards.run] if wildcards.run in CFG["runs"] else [])
+def tables(dataset):
+    return {"item_table": f"results/{dataset}/items.parquet", "sequences": f"results/{dataset}/sequences.parquet"}
 
 
 def evaluate_inputs(wildcards):
-    files = run_tables(wildcards)
+    files = tables(wildcards.dataset)
     if CFG["runs"][wildcards.run]["method"] != "popularity":
         files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
         files["caches"] = run_caches(wildcards)
@@ -203,7 +209,7 @@ def efficiency_runs(wildcards):
 
 
 def efficiency_inputs(wildcards):
-    files = tables(wildcards.dataset, CFG["efficiency"]["runs"])
+    files = tables(wildcards.dataset)
     files["runs"] = sorted({f for n in CFG["efficiency"]["runs"] for f in run_inputs(wildcards.dataset, n)})
     return files
 

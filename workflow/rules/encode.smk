@@ -4,7 +4,7 @@ rule encode:
     """Frozen forward passes over all items; only the kept states go into the Zarr store.
 
     Resumable: the work lives in <store>.partial until every chunk is written. A text encoder reads
-    the titles, or a caption column (<encoder>.<column>.<states>.zarr) from items_captioned.parquet.
+    the titles, or a caption column (<encoder>.<column>.<states>.zarr) from its captions file.
     Uses the GPUs the job sees (CUDA), else the CPU; asks the scheduler for the encoder's `gpus`.
     Encoders with `shards` > 1 are encoded by encode_shard and gather_shards instead.
     """
@@ -19,6 +19,7 @@ rule encode:
         states=kept_states_arg,
         chunk_items=CFG["encode"]["chunk_items"],
         missing_image=CFG["encode"]["missing_image"],
+        captions=captions_arg,
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.log",
     benchmark:
@@ -28,12 +29,13 @@ rule encode:
         gpu=encoder_resource("gpus"),
         mem_mb=encoder_resource("mem_mb", grows=True),
         runtime=encoder_resource("runtime", grows=True),
+        device_map=device_map(lambda w: CFG["encoders"][w.encoder]),
     conda:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
+        "--threads {threads} --device-map {resources.device_map} --out {output} > {log} 2>&1"
 
 
 rule encode_shard:
@@ -52,6 +54,7 @@ rule encode_shard:
         states=kept_states_arg,
         chunk_items=CFG["encode"]["chunk_items"],
         missing_image=CFG["encode"]["missing_image"],
+        captions=captions_arg,
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.log",
     benchmark:
@@ -61,12 +64,13 @@ rule encode_shard:
         gpu=encoder_resource("gpus"),
         mem_mb=encoder_resource("mem_mb", grows=True),
         runtime=encoder_resource("runtime", grows=True),
+        device_map=device_map(lambda w: CFG["encoders"][w.encoder]),
     conda:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
-        "--threads {threads} --shard {wildcards.shard} {wildcards.shards} --out {output} > {log} 2>&1"
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
+        "--threads {threads} --device-map {resources.device_map} --shard {wildcards.shard} {wildcards.shards} --out {output} > {log} 2>&1"
 
 
 rule gather_shards:
@@ -84,6 +88,7 @@ rule gather_shards:
         states=kept_states_arg,
         chunk_items=CFG["encode"]["chunk_items"],
         missing_image=CFG["encode"]["missing_image"],
+        captions=captions_arg,
     log:
         "results/logs/{dataset}/gather.{encoder}{read}.{states}.log",
     threads: 1
@@ -94,5 +99,5 @@ rule gather_shards:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
         "--gather {input.parts} --out {output} > {log} 2>&1"

@@ -4,7 +4,7 @@ rule train:
     """IISAN-Versa or a baseline (on the cached states, or with its backbones in the loop), early
     stopping on validation."""
     input:
-        unpack(run_tables),
+        unpack(lambda w: tables(w.dataset)),
         caches=run_caches,
     output:
         model="results/{dataset}/runs/{run}/model.safetensors",
