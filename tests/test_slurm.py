@@ -1,0 +1,155 @@
+"""The workflow on a real SLURM scheduler, started on this machine.
+
+Installs Debian's slurm-wlm, munge, slurmdbd and mariadb-server (sacct needs the accounting
+database) when they are missing, starts munged, mariadbd, slurmdbd, slurmctld and slurmd with a
+generated one-node configuration (tests/slurm/start.sh), runs the demo's iisan-vs through
+`snakemake --executor slurm` with the repository's SLURM profile and `encode.shards: 2`, and
+checks that the jobs went through the scheduler and that the result equals a local run's. The
+daemons are stopped by their pids afterwards. Skipped, saying why, only where the packages
+cannot be installed (not root, or no apt-get).
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zarr
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "tests" / "slurm"
+PACKAGES = ["slurm-wlm", "munge", "slurmdbd", "mariadb-server"]
+COMMANDS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sacct", "slurmdbd", "mariadbd",
+            "mariadb-install-db", "mariadb-admin"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+# The demo's iisan-vs on a smaller generated catalogue, for a short test.
+SMALL = """\
+datasets:
+  demo:
+    synthetic: {n_items: 300, n_users: 400}
+encode: {chunk_items: 64}
+train: {max_epochs: 3}
+"""
+
+
+def install_packages() -> str | None:
+    """Install the OS packages if a command is missing; the reason to skip if that cannot be done."""
+    if all(shutil.which(c) for c in COMMANDS):
+        return None
+    if not shutil.which("apt-get"):
+        return "SLURM is not installed and there is no apt-get to install slurm-wlm, munge, slurmdbd, mariadb-server"
+    if os.geteuid() != 0:
+        return "SLURM is not installed and installing slurm-wlm, munge, slurmdbd, mariadb-server needs root"
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
+    done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
+        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode:
+        return f"apt-get could not install {' '.join(PACKAGES)}: {done.stderr[-500:]}"
+    missing = [c for c in COMMANDS if not shutil.which(c)]
+    return f"installed, but {', '.join(missing)} not found" if missing else None
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A running one-node SLURM cluster: the environment its commands need."""
+    reason = install_packages()
+    if reason:
+        pytest.skip(reason)
+    rundir = tmp_path_factory.mktemp("slurm")
+    ctld, slurmd, dbd, mysql = free_ports(4)
+    env = os.environ | {"SLURMCTLD_PORT": str(ctld), "SLURMD_PORT": str(slurmd), "SLURMDBD_PORT": str(dbd),
+                        "MYSQL_PORT": str(mysql)}
+    started = subprocess.run(["bash", str(SCRIPTS / "start.sh"), str(rundir)], capture_output=True, text=True,
+                             env=env, timeout=300)
+    pids = [int(line.split()[1]) for line in started.stdout.splitlines()
+            if line.split()[:1] and line.split()[0] in ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")]
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        # The SLURM commands, and the srun wrapper that gives job steps the configuration.
+        yield env | {"SLURM_CONF": str(rundir / "slurm.conf"),
+                     "PATH": f"{rundir / 'bin'}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    finally:
+        subprocess.run(["bash", str(SCRIPTS / "stop.sh"), str(rundir)], capture_output=True, timeout=120)
+        assert pids and not [p for p in pids if alive(p)], f"daemons left running: {pids}"
+
+
+def snakemake(workdir: Path, env: dict, *args) -> subprocess.CompletedProcess:
+    configs = [str(REPO / "config.yaml"), str(workdir / "small.yaml"), *map(str, workdir.glob("extra*.yaml"))]
+    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", *configs, *args],
+                          capture_output=True, text=True, env=env, timeout=1200)
+
+
+def test_the_demo_runs_through_slurm_with_sharded_encoding(cluster, tmp_path):
+    local, remote = tmp_path / "local", tmp_path / "slurm"
+    for workdir in (local, remote):
+        workdir.mkdir()
+        (workdir / "small.yaml").write_text(SMALL)
+    (remote / "extra-shards.yaml").write_text("encode: {shards: 2}\n")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = snakemake(local, env, "--cores", "2", "results/demo/iisan-vs.json")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")  # sacct shows today's jobs unless told a start
+    done = snakemake(remote, cluster, "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                     "--default-resources", "slurm_partition=debug", "--jobs", "2",
+                     "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "5",
+                     "results/demo/iisan-vs.json")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+
+    # Every job went through the scheduler: sacct lists one completed batch job per rule job
+    # (records reach the accounting database a few seconds late, so it is polled).
+    submitted = log.count("has been submitted with SLURM jobid")
+    for _ in range(30):
+        accounted = subprocess.run(["sacct", "-X", "-n", "-P", "-a", "-S", started,
+                                    "--format=JobID,JobName,State,Comment"],
+                                   capture_output=True, text=True, env=cluster, timeout=60)
+        assert accounted.returncode == 0, accounted.stderr
+        jobs = [line.split("|") for line in accounted.stdout.splitlines() if line.strip()]
+        if len(jobs) >= submitted and all(state == "COMPLETED" for _, _, state, _ in jobs):
+            break
+        time.sleep(1)
+    rules = ("synth", "build_encoder", "prepare", "encode_shard", "gather_shards", "train", "evaluate")
+    assert submitted == 11  # synth, build_encoder, prepare, 2 x 2 shards, 2 gathers, train, evaluate
+    assert len(jobs) == submitted and all(state == "COMPLETED" for _, _, state, _ in jobs), jobs
+    assert {r for r in rules if f"rule_{r}" in log or f"rule {r}:" in log} == set(rules)
+
+    # The sharded stores equal the unsharded ones bit for bit, and the result is the local one's.
+    for store in ("minilm.h0-2-4-6.zarr", "vit-demo-384.h0-2-4-6.zarr"):
+        a = zarr.open_group(str(local / "results/demo/cache" / store), mode="r")
+        b = zarr.open_group(str(remote / "results/demo/cache" / store), mode="r")
+        for name in ("states", "missing", "done"):
+            assert a[name][:].tobytes() == b[name][:].tobytes(), (store, name)
+        assert b.attrs["shards"] == 2 and "shards" not in a.attrs
+    assert not list((remote / "results/demo/cache/parts").glob("*.zarr"))  # temporary parts removed
+    ours, theirs = (json.loads((d / "results/demo/iisan-vs.json").read_text()) for d in (local, remote))
+    assert ours["metrics"] == theirs["metrics"] and ours["metrics_repeat_aware"] == theirs["metrics_repeat_aware"]
+    again = snakemake(remote, cluster, "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                      "--default-resources", "slurm_partition=debug", "-n", "results/demo/iisan-vs.json")
+    assert "Nothing to be done" in again.stdout + again.stderr
