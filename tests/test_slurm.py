@@ -116,8 +116,12 @@ def test_the_demo_runs_through_slurm_with_sharded_encoding(cluster, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S")  # sacct shows today's jobs unless told a start
+    # Account and partition come from the user's own profile, as the README shows.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text(
+        'default-resources:\n  slurm_account: "root"\n  slurm_partition: "debug"\n')
     done = snakemake(remote, cluster, "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
-                     "--default-resources", "slurm_partition=debug", "--jobs", "2",
+                     "--profile", str(tmp_path / "mine"), "--jobs", "2",
                      "--slurm-init-seconds-before-status-checks", "5", "--latency-wait", "5",
                      "results/demo/iisan-vs.json")
     log = done.stdout + done.stderr
@@ -138,7 +142,8 @@ def test_the_demo_runs_through_slurm_with_sharded_encoding(cluster, tmp_path):
     rules = ("synth", "build_encoder", "prepare", "encode_shard", "gather_shards", "train", "evaluate")
     assert submitted == 11  # synth, build_encoder, prepare, 2 x 2 shards, 2 gathers, train, evaluate
     assert len(jobs) == submitted and all(state == "COMPLETED" for _, _, state, _ in jobs), jobs
-    assert {r for r in rules if f"rule_{r}" in log or f"rule {r}:" in log} == set(rules)
+    assert {r for r in rules if f"rule {r}:" in log} == set(rules)
+    assert "slurm_account=root, slurm_partition=debug" in log
 
     # The sharded stores equal the unsharded ones bit for bit, and the result is the local one's.
     for store in ("minilm.h0-2-4-6.zarr", "vit-demo-384.h0-2-4-6.zarr"):
@@ -151,5 +156,5 @@ def test_the_demo_runs_through_slurm_with_sharded_encoding(cluster, tmp_path):
     ours, theirs = (json.loads((d / "results/demo/iisan-vs.json").read_text()) for d in (local, remote))
     assert ours["metrics"] == theirs["metrics"] and ours["metrics_repeat_aware"] == theirs["metrics_repeat_aware"]
     again = snakemake(remote, cluster, "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
-                      "--default-resources", "slurm_partition=debug", "-n", "results/demo/iisan-vs.json")
+                      "--profile", str(tmp_path / "mine"), "-n", "results/demo/iisan-vs.json")
     assert "Nothing to be done" in again.stdout + again.stderr

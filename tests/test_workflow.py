@@ -171,3 +171,12 @@ def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
     assert "device_map=none" in encodes["results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"]
     assert "gpu=1" in jobs["train"][0][1] and "gpu=1" in jobs["evaluate"][0][1]
     assert "gpu=" not in jobs["prepare"][0][1]
+
+
+def test_the_local_profile_plans_the_demo(tmp_path):
+    """workflow/profiles/local (one GPU node): a valid Snakemake 9 profile whose GPU limit applies."""
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    plan = snakemake(tmp_path, "--workflow-profile", str(REPO / "workflow" / "profiles" / "local"), "-n")
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-3000:]
+    assert "Using workflow specific profile" in out and "rule encode:" in out
