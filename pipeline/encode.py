@@ -212,6 +212,8 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
         if not Path(path).is_dir():
             raise EncodeError(f"{path}: no such part store; run its encode shard first")
         attrs = dict(open_store(path).attrs)
+        if "shard" not in attrs:
+            raise EncodeError(f"{path} is not a part store of a sharded encode (no 'shard' attribute)")
         check_attributes({k: v for k, v in attrs.items() if k not in ("shard", "rows")},
                          expected | {"complete": True, "chunk_items": chunk_items}, path)
         found[tuple(attrs["shard"])] = (path, attrs)
@@ -237,7 +239,8 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
         path, attrs = found[(i, shards)]
         lo, hi = attrs["rows"]
         part = open_store(path)
-        group["states"][lo:hi] = part["states"][:]
+        for c in range(0, hi - lo, chunk_items):  # one chunk in memory at a time: parts can be GBs
+            group["states"][lo + c:min(lo + c + chunk_items, hi)] = part["states"][c:c + chunk_items]
         group["missing"][lo:hi] = part["missing"][:]
         first = lo // chunk_items
         group["done"][first:first + part["done"].shape[0]] = part["done"][:]

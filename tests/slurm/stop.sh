@@ -5,6 +5,7 @@
 # Order: slurmd, slurmctld (it flushes pending records to slurmdbd),
 # slurmdbd, mariadbd, munged last (the others need it while shutting down).
 set -uo pipefail
+export PATH=$PATH:/usr/sbin:/sbin
 D=${1:?usage: stop.sh RUNDIR}
 [ -d "$D" ] || { echo "stop.sh: no such dir $D" >&2; exit 0; }
 
@@ -24,6 +25,15 @@ stop_pidfile() {  # stop_pidfile NAME PIDFILE
   fi
   rm -f "$pf"
 }
+
+# Cancel whatever is still queued or running (a test that timed out) before the
+# daemons go, so no job process outlives them.
+if [ -f "$D/slurm.conf" ] && [ -s "$D/slurmctld.pid" ]; then
+  export SLURM_CONF=$D/slurm.conf
+  if scancel --user="$(id -un)" 2>/dev/null; then
+    for i in $(seq 1 100); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.1; done
+  fi
+fi
 
 stop_pidfile slurmd    "$D/slurmd.pid"
 stop_pidfile slurmctld "$D/slurmctld.pid"   # its child slurmscriptd exits with it

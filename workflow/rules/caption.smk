@@ -19,6 +19,7 @@ rule caption:
         "results/benchmarks/{dataset}/caption.{column}.tsv"
     threads: CFG["encode"]["threads"]
     resources:
+        cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
         gpu=captioner_resource("gpus"),
         mem_mb=captioner_resource("mem_mb", grows=True),
         runtime=captioner_resource("runtime", grows=True),

@@ -20,6 +20,7 @@ rule efficiency:
         "results/benchmarks/{dataset}/efficiency.tsv"
     threads: CFG["efficiency"]["threads"]
     resources:
+        cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
         gpu=efficiency_gpus,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,

@@ -26,6 +26,7 @@ rule encode:
         "results/benchmarks/{dataset}/encode.{encoder}{read}.{states}.tsv"
     threads: CFG["encode"]["threads"]
     resources:
+        cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
         gpu=encoder_resource("gpus"),
         mem_mb=encoder_resource("mem_mb", grows=True),
         runtime=encoder_resource("runtime", grows=True),
@@ -61,6 +62,7 @@ rule encode_shard:
         "results/benchmarks/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.tsv"
     threads: CFG["encode"]["threads"]
     resources:
+        cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
         gpu=encoder_resource("gpus"),
         mem_mb=encoder_resource("mem_mb", grows=True),
         runtime=encoder_resource("runtime", grows=True),

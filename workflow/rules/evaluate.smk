@@ -15,6 +15,7 @@ rule evaluate:
         "results/logs/{dataset}/evaluate.{run}.log",
     threads: CFG["train"]["threads"]
     resources:
+        cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
         gpu=run_gpus,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,

@@ -18,6 +18,7 @@ rule train:
         "results/benchmarks/{dataset}/train.{run}.tsv"
     threads: CFG["train"]["threads"]
     resources:
+        cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
         gpu=run_gpus,
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 240 * attempt,
