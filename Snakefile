@@ -12,6 +12,7 @@ include: "workflow/rules/encode.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/efficiency.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -197,22 +197,29 @@ def _cross_check(cfg: dict, files: list):
             kept_states(cfg, run)
         except ValueError as e:
             _fail(files, where, str(e))
-    eff = cfg["efficiency"]
-    for i, run_name in enumerate(eff["runs"]):
-        if run_name not in cfg["runs"]:
-            _fail(files, ["efficiency", "runs", i], f"unknown run '{run_name}'")
-        if cfg["runs"][run_name]["method"] not in CONTENT_METHODS:
-            _fail(files, ["efficiency", "runs", i], f"run '{run_name}' has no encoders to compare")
-    if eff["runs"] and eff["reference"] not in eff["runs"]:
-        _fail(files, ["efficiency", "reference"], f"'{eff['reference']}' is not one of efficiency.runs")
-    if eff["runs"] and cfg["runs"][eff["reference"]]["method"] not in CACHED_METHODS:
-        _fail(files, ["efficiency", "reference"], "the reference is a cached run (method iisan or frozen)")
+    comparisons = [(["efficiency"], cfg["efficiency"])]
+    comparisons += [(["efficiency", "by_dataset", d], e) for d, e in cfg["efficiency"]["by_dataset"].items()]
+    for where, eff in comparisons:
+        for i, run_name in enumerate(eff["runs"]):
+            if run_name not in cfg["runs"]:
+                _fail(files, where + ["runs", i], f"unknown run '{run_name}'")
+            if cfg["runs"][run_name]["method"] not in CONTENT_METHODS:
+                _fail(files, where + ["runs", i], f"run '{run_name}' has no encoders to compare")
+        if eff["runs"] and eff["reference"] not in eff["runs"]:
+            _fail(files, where + ["reference"], f"'{eff['reference']}' is not one of the runs compared")
+        if eff["runs"] and cfg["runs"][eff["reference"]]["method"] not in CACHED_METHODS:
+            _fail(files, where + ["reference"], "the reference is a cached run (method iisan or frozen)")
     for dataset, runs in cfg["default_targets"].items():
         if dataset not in cfg["datasets"]:
             _fail(files, ["default_targets", dataset], f"unknown dataset '{dataset}'")
         for run_name in runs:
             if run_name not in cfg["runs"]:
                 _fail(files, ["default_targets", dataset], f"unknown run '{run_name}'")
+
+
+def efficiency_comparison(cfg: dict, dataset: str) -> dict:
+    """The runs and reference that results/<dataset>/efficiency.csv compares."""
+    return cfg["efficiency"]["by_dataset"].get(dataset) or cfg["efficiency"]
 
 
 def raw_paths(dataset: str) -> dict[str, str]:

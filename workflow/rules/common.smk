@@ -4,7 +4,18 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.config import CONTENT_METHODS, UNSTORED_KEYS, ConfigError, caption_path, load_config, resolve_run, raw_paths
+import yaml
+
+from pipeline.config import (
+    CONTENT_METHODS,
+    UNSTORED_KEYS,
+    ConfigError,
+    caption_path,
+    efficiency_comparison,
+    load_config,
+    raw_paths,
+    resolve_run,
+)
 from pipeline.layerdrop import tag as states_tag
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -96,7 +107,9 @@ def captioner_settings(wildcards):
 
 def caption_inputs(wildcards):
     entry = captioner(wildcards)
-    files = {"item_table": f"results/{wildcards.dataset}/items.parquet", "prompt": entry["prompt"]}
+    # Prompts ship with the workflow: a relative path is read from the workflow's folder.
+    files = {"item_table": f"results/{wildcards.dataset}/items.parquet",
+             "prompt": str(Path(workflow.basedir) / entry["prompt"])}
     if "build" in entry:
         files["model"] = entry["path"]
     return files
@@ -201,7 +214,7 @@ def evaluate_inputs(wildcards):
 
 def efficiency_runs(wildcards):
     """The compared runs, resolved for the dataset, as a JSON list."""
-    names = CFG["efficiency"]["runs"]
+    names = efficiency_comparison(CFG, wildcards.dataset)["runs"]
     if not names:
         raise WorkflowError("results/<dataset>/efficiency.csv needs efficiency.runs and efficiency.reference in the config")
     runs = [json.loads(run_settings(SimpleNamespace(dataset=wildcards.dataset, run=n), "train")) for n in names]
@@ -210,9 +223,60 @@ def efficiency_runs(wildcards):
 
 def efficiency_inputs(wildcards):
     files = tables(wildcards.dataset)
-    files["runs"] = sorted({f for n in CFG["efficiency"]["runs"] for f in run_inputs(wildcards.dataset, n)})
+    names = efficiency_comparison(CFG, wildcards.dataset)["runs"]
+    files["runs"] = sorted({f for n in names for f in run_inputs(wildcards.dataset, n)})
     return files
 
 
 def efficiency_gpus(wildcards):
-    return max(run_gpus(SimpleNamespace(dataset=wildcards.dataset, run=n)) for n in CFG["efficiency"]["runs"])
+    names = efficiency_comparison(CFG, wildcards.dataset)["runs"]
+    return max(run_gpus(SimpleNamespace(dataset=wildcards.dataset, run=n)) for n in names)
+
+
+# The paper's tables and figures (paper/tables.yaml): which run on which dataset makes each row.
+TABLES = yaml.safe_load((Path(workflow.basedir) / "paper" / "tables.yaml").read_text())
+PAPER_VALUES = str(Path(workflow.basedir) / "paper" / "values.yaml")
+FIGURES_FROM_RUNS = ("figure4", "figure6", "figure7")
+
+
+def table_spec(name, demo=False):
+    """A table's or figure's rows, each with its dataset, for the paper's datasets or the demo."""
+    entry = TABLES[name]
+    source = entry["demo"] if demo else entry
+    if "rows_from" in source:
+        source = TABLES[source["rows_from"]]["demo"] if demo else TABLES[source["rows_from"]]
+        datasets = ["demo"] if demo else TABLES[entry["rows_from"]]["datasets"]
+    else:
+        datasets = ["demo"] if demo else entry["datasets"]
+    rows = [r | {"dataset": d} for d in datasets for r in source["rows"]]
+    if name == "figure4" and not demo:
+        rows = [r for r in rows if r["group"] in entry["groups"]]
+    spec = {"table": name, "title": entry["title"] + (" (demo variant)" if demo else ""), "rows": rows}
+    if source.get("improvement"):
+        spec["improvement"] = source["improvement"]
+    if entry.get("quoted_from"):
+        spec["quoted_from"] = entry["quoted_from"]
+    return spec
+
+
+def table_inputs(name, demo=False):
+    """Every run result a table or figure reads (and per-user metrics for its significance test)."""
+    spec = table_spec(name, demo)
+    files = set()
+    for r in spec["rows"]:
+        for key in ("run", "full_run"):
+            if r.get(key):
+                files.add(f"results/{r['dataset']}/{r[key]}.json")
+    if "improvement" in spec:
+        for d in {r["dataset"] for r in spec["rows"]}:
+            for run in spec["improvement"].values():
+                files.add(f"results/{d}/{run}.json")
+                files.add(f"results/{d}/{run}.per_user.parquet")
+    return sorted(files)
+
+
+def table_files(demo=False):
+    """Every table and figure target, for results/tables/all (or results/demo/tables/all)."""
+    prefix = "results/demo/tables" if demo else "results/tables"
+    names = [n for n in TABLES if n.startswith("table")]
+    return [f"{prefix}/{n}.md" for n in names] + [f"{prefix}/{f}.png" for f in (*FIGURES_FROM_RUNS, "figure5")]

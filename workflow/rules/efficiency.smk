@@ -10,7 +10,7 @@ rule efficiency:
         png="results/{dataset}/efficiency.png",
     params:
         runs=efficiency_runs,
-        reference=CFG["efficiency"]["reference"],
+        reference=lambda w: efficiency_comparison(CFG, w.dataset)["reference"],
         batch_sizes=" ".join(str(b) for b in CFG["efficiency"]["batch_sizes"]),
         steps=CFG["efficiency"]["steps"],
         warmup=CFG["efficiency"]["warmup"],

@@ -1,0 +1,162 @@
+"""figures: the paper's Figures 4, 6 and 7 from run results and cache stores (Figure 5 is the
+efficiency stage's plot).
+
+- figure4: test HR@10 of each text encoder (Table IV), grouped by scale (PLM, Base LLM, MoE LLM,
+  70B LLM) with each group's mean, ours beside the paper's.
+- figure6: on-disk cache of each text encoder against its size: the kept states' store (real
+  bytes on disk) and all of its states (real bytes where such a store exists, else computed as
+  (items + 1) x (L + 1) x width x 2 bytes, and marked so).
+- figure7: training time per epoch and peak memory with all cached states ('full') against the
+  kept ones ('dropped'), per text encoder, from the runs' own measurements.
+Each figure also writes a CSV twin with the plotted numbers.
+
+Usage: python -m pipeline.figures figure4|figure6|figure7 --spec JSON --results-dir results --out F.png
+"""
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from pipeline.cache import open_store, store_bytes
+from pipeline.files import atomic_path, read_json
+from pipeline.report import paper_values
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, plt, out: Path, rows: list[dict]) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def figure4(spec: dict, results: Path, out: Path) -> list[dict]:
+    """spec: {rows: [{label, group, run, dataset}]}: HR@10 per encoder, grouped, with group means."""
+    paper = paper_values("table4")
+    rows = []
+    for r in spec["rows"]:
+        result = read_json(results / r["dataset"] / f"{r['run']}.json")
+        rows.append({"label": r["label"], "group": r["group"], "run": r["run"],
+                     "ours_hr@10": result["metrics"]["test"]["hr@10"],
+                     "paper_hr@10": paper.get(r["dataset"], {}).get(r["run"], {}).get("hr@10")})
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
+    x = list(range(len(rows)))
+    ax.plot(x, [100 * r["ours_hr@10"] for r in rows], "o-", label="ours")
+    if any(r["paper_hr@10"] is not None for r in rows):
+        ax.plot([i for i, r in zip(x, rows) if r["paper_hr@10"] is not None],
+                [100 * r["paper_hr@10"] for r in rows if r["paper_hr@10"] is not None], "s--", alpha=0.6,
+                label="paper")
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    for g in groups:
+        idx = [i for i, r in enumerate(rows) if r["group"] == g]
+        mean = sum(100 * rows[i]["ours_hr@10"] for i in idx) / len(idx)
+        ax.hlines(mean, idx[0] - 0.3, idx[-1] + 0.3, colors="grey", linestyles="-", linewidth=1)
+        ax.text((idx[0] + idx[-1]) / 2, mean, g, ha="center", va="bottom", fontsize=8)
+        if idx[0] > 0:
+            ax.axvline(idx[0] - 0.5, color="red", linestyle=":")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("test HR@10 (%)")
+    ax.set_title(spec.get("title", "Scaling of the text encoder"))
+    ax.legend(fontsize=8)
+    _save(fig, plt, out, rows)
+    return rows
+
+
+def _text_store(result: dict) -> Path:
+    """The text tower's store of a cached run (its path as the run recorded it)."""
+    return Path(result["config"]["towers"]["text"]["cache"])
+
+
+def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
+    """spec: {rows: [{label, run, dataset, full_run?}]}: cache bytes of kept and of all states."""
+    rows = []
+    for r in spec["rows"]:
+        result = read_json(results / r["dataset"] / f"{r['run']}.json")
+        store = _text_store(result)
+        attrs = dict(open_store(store).attrs)
+        row = {"label": r["label"], "run": r["run"], "params_b": r.get("params_b"),
+               "kept_states": len(attrs["kept_states"]), "dropped_bytes": store_bytes(store)}
+        if r.get("full_run"):
+            full = read_json(results / r["dataset"] / f"{r['full_run']}.json")
+            row["full_bytes"], row["full_measured"] = store_bytes(_text_store(full)), True
+        else:  # every hidden state, embedding output included, float16
+            row["full_bytes"] = (attrs["items"] + 1) * (r["layers"] + 1) * attrs["hidden_size"] * 2
+            row["full_measured"] = False
+        rows.append(row)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.5))
+    x = list(range(len(rows)))
+    width = 0.4
+    ax.bar([i - width / 2 for i in x], [r["full_bytes"] / 2**30 for r in rows], width,
+           label="all states (hatched: computed)", color="tab:orange")
+    for i, r in zip(x, rows):
+        if not r["full_measured"]:
+            ax.bar(i - width / 2, r["full_bytes"] / 2**30, width, fill=False, hatch="//", edgecolor="black")
+    ax.bar([i + width / 2 for i in x], [r["dropped_bytes"] / 2**30 for r in rows], width,
+           label="kept states (measured)", color="tab:blue")
+    ax.set_xticks(x, [r["label"] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("cache on disk (GiB)")
+    ax.set_yscale("log")
+    ax.set_title(spec.get("title", "On-disk cache by text encoder"))
+    ax.legend(fontsize=8)
+    _save(fig, plt, out, rows)
+    return rows
+
+
+def figure7(spec: dict, results: Path, out: Path) -> list[dict]:
+    """spec: {rows: [{label, run, full_run, dataset}]}: time per epoch and peak memory, full vs dropped."""
+    rows = []
+    for r in spec["rows"]:
+        for kind, run in (("dropped", r["run"]), ("full", r["full_run"])):
+            eff = read_json(results / r["dataset"] / f"{run}.json")["efficiency"]
+            rows.append({"label": r["label"], "kind": kind, "run": run, "seconds_per_epoch": eff["seconds_per_epoch"],
+                         "peak_memory_bytes": eff["peak_memory_bytes"], "device": eff["device"]})
+    plt = _pyplot()
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(labels) + 4), 4.2))
+    x = list(range(len(labels)))
+    for offset, kind in ((-0.2, "full"), (0.2, "dropped")):
+        mine = {r["label"]: r for r in rows if r["kind"] == kind}
+        left.bar([i + offset for i in x], [mine[lab]["seconds_per_epoch"] for lab in labels], 0.4, label=kind)
+        right.bar([i + offset for i in x], [mine[lab]["peak_memory_bytes"] / 2**30 for lab in labels], 0.4, label=kind)
+    for ax, label in ((left, "training time per epoch (s)"), (right, "peak memory (GiB)")):
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{spec.get('title', 'Cached training by text encoder')} ({rows[0]['device']})")
+    _save(fig, plt, out, rows)
+    return rows
+
+
+FIGURES = {"figure4": figure4, "figure6": figure6, "figure7": figure7}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("figure", choices=sorted(FIGURES))
+    parser.add_argument("--spec", type=json.loads, required=True, help="the figure's spec as JSON")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        rows = FIGURES[args.figure](args.spec, args.results_dir, args.out)
+    except (OSError, KeyError) as e:
+        raise SystemExit(f"figures: {e}")
+    print(f"{args.out}: {len(rows)} rows")
+
+
+if __name__ == "__main__":
+    main()

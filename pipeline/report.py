@@ -1,0 +1,135 @@
+"""report: one of the paper's tables from run results, beside the paper's published numbers.
+
+A table is a list of rows, each naming the run that reproduces it (config.yaml) on a dataset;
+the paper's numbers come from paper/values.yaml. For each row the table shows our test HR@10
+and NDCG@10 (reference protocol), the paper's and the difference, in percent; a row the paper
+quotes from elsewhere (e.g. the MicroLens benchmark's baselines) and that has no run is marked
+as quoted. Where the spec names an improvement, the relative improvement of a run over another
+is given and marked `*` when a paired t-test over the users' metrics is significant (p < 0.05).
+
+Outputs: <table>.md, and its twins <table>.json and <table>.csv for tools.
+
+Usage: python -m pipeline.report --spec JSON --results-dir results --out results/tables/table3.md
+"""
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import yaml
+
+from pipeline.files import atomic_path, read_json, write_json
+from pipeline.significance import SignificanceError, paired_t_test
+
+METRICS = ("hr@10", "ndcg@10")
+VALUES = Path(__file__).resolve().parent.parent / "paper" / "values.yaml"
+
+
+class ReportError(ValueError):
+    pass
+
+
+def paper_values(table: str, path: Path = VALUES) -> dict:
+    """{dataset: {row key: {metric: value}}} of one table, as published."""
+    return yaml.safe_load(Path(path).read_text()).get(table, {})
+
+
+def table_rows(spec: dict, results: Path, paper: dict) -> list[dict]:
+    """One record per row: label, dataset, run, ours and paper per metric, the differences."""
+    rows = []
+    for row in spec["rows"]:
+        dataset, key = row["dataset"], row.get("paper", row.get("run"))
+        published = paper.get(dataset, {}).get(key, {})
+        record = {"label": row["label"], "group": row.get("group", ""), "dataset": dataset,
+                  "run": row.get("run"), "quoted": row.get("run") is None}
+        ours = read_json(results / dataset / f"{row['run']}.json")["metrics"]["test"] if row.get("run") else {}
+        for m in METRICS:
+            record[f"ours_{m}"] = ours.get(m)
+            record[f"paper_{m}"] = published.get(m)
+            both = record[f"ours_{m}"] is not None and record[f"paper_{m}"] is not None
+            record[f"diff_{m}"] = record[f"ours_{m}"] - record[f"paper_{m}"] if both else None
+        rows.append(record)
+    return rows
+
+
+def improvement(spec: dict, results: Path) -> list[dict]:
+    """Relative improvement of spec['improvement']['run'] over ['over'] per dataset, with the t-test."""
+    if "improvement" not in spec:
+        return []
+    best, base = spec["improvement"]["run"], spec["improvement"]["over"]
+    out = []
+    for dataset in dict.fromkeys(r["dataset"] for r in spec["rows"]):
+        entry = {"dataset": dataset, "run": best, "over": base}
+        for m in METRICS:
+            a = read_json(results / dataset / f"{best}.json")["metrics"]["test"][m]
+            b = read_json(results / dataset / f"{base}.json")["metrics"]["test"][m]
+            try:
+                test = paired_t_test(results / dataset / f"{best}.per_user.parquet",
+                                     results / dataset / f"{base}.per_user.parquet", metric=m)
+            except SignificanceError as e:
+                raise ReportError(str(e)) from None
+            entry[m] = {"relative": (a - b) / b if b else None, "p": test["p"], "significant": test["significant"]}
+        out.append(entry)
+    return out
+
+
+def _pct(value, signed=False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+
+
+def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
+    lines = [f"# {spec['title']}", "", spec.get("caption", ""), "",
+             "| " + " | ".join(["", "dataset", "run"] + [f"{w} {m.upper()}" for m in METRICS
+                                                          for w in ("ours", "paper", "diff")]) + " |",
+             "|" + "---|" * (3 + 3 * len(METRICS))]
+    for r in rows:
+        label = f"{r['group']}: {r['label']}" if r["group"] else r["label"]
+        run = "quoted" if r["quoted"] else f"`{r['run']}`"
+        cells = [_pct(r[f"{w}_{m}"], signed=w == "diff") for m in METRICS for w in ("ours", "paper", "diff")]
+        lines.append("| " + " | ".join([label, r["dataset"], run] + cells) + " |")
+    lines.append("")
+    lines.append("Values in percent (test split, reference protocol: the history is excluded from the "
+                 "ranking). diff = ours - paper.")
+    if any(r["quoted"] for r in rows):
+        lines.append(f"Rows marked quoted are not rerun: {spec.get('quoted_from', 'the paper')}.")
+    for g in gains:
+        parts = [f"{m.upper()} {_pct(g[m]['relative'], signed=True)}%{'*' if g[m]['significant'] else ''} "
+                 f"(p = {g[m]['p']:.3g})" for m in METRICS]
+        lines.append(f"Relative improvement of `{g['run']}` over `{g['over']}` on {g['dataset']}: "
+                     + ", ".join(parts) + " (* = paired t-test over users, p < 0.05).")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(spec: dict, results: Path, out: Path, values: Path = VALUES) -> dict:
+    """Write <out>.md, .json and .csv; return the JSON twin."""
+    rows = table_rows(spec, results, paper_values(spec["table"], values))
+    gains = improvement(spec, results)
+    with atomic_path(out) as tmp:
+        tmp.write_text(markdown(spec, rows, gains))
+    twin = {"table": spec["table"], "title": spec["title"], "rows": rows, "improvement": gains}
+    write_json(out.with_suffix(".json"), twin)
+    with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return twin
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=json.loads, required=True, help="the table's spec as JSON")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--values", type=Path, default=VALUES, help="the paper's numbers (paper/values.yaml)")
+    parser.add_argument("--out", type=Path, required=True, help="results/tables/<table>.md")
+    args = parser.parse_args(argv)
+    try:
+        write_table(args.spec, args.results_dir, args.out, args.values)
+    except (ReportError, OSError, KeyError) as e:
+        raise SystemExit(f"report: {e}")
+    print(args.out.read_text())
+
+
+if __name__ == "__main__":
+    main()
