@@ -1,6 +1,7 @@
 """The Snakemake workflow end to end on a tiny config, and its lint."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,41 @@ def test_the_local_profile_plans_the_demo(tmp_path):
     out = plan.stdout + plan.stderr
     assert plan.returncode == 0, out[-3000:]
     assert "Using workflow specific profile" in out and "rule encode:" in out
+
+
+def test_all_paper_tables_dry_run_lists_the_dag_with_gpu_resources(tmp_path):
+    """`snakemake -n results/tables/all`: every table and figure, every run they need, and what
+    each GPU job asks for, planned from the repository's config (raw files stand-ins here)."""
+    (tmp_path / "users.tsv").write_text("u1\ta b c d\n")
+    (tmp_path / "items.tsv").write_text("a\tA\nb\tB\nc\tC\nd\tD\n")
+    (tmp_path / "titles.csv").write_text("item,title\na,A\nb,B\nc,C\nd,D\n")
+    for folder in ("images", "videos"):
+        (tmp_path / folder).mkdir()
+    amazon = f"{{format: iisan-split, users: {tmp_path}/users.tsv, items: {tmp_path}/items.tsv, images: {tmp_path}/images}}"
+    (tmp_path / "here.yaml").write_text(
+        f"datasets:\n  scientific: {amazon}\n  instrument: {amazon}\n  office: {amazon}\n"
+        f"  microlens: {{format: microlens, users: {tmp_path}/users.tsv, items: {tmp_path}/titles.csv, "
+        f"images: {tmp_path}/images, videos: {tmp_path}/videos}}\n")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    plan = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
+                                       str(tmp_path / "here.yaml"), "-n", "results/tables/all"],
+                          capture_output=True, text=True, env=env)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-3000:]
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        name = block.split(":")[0]
+        output = block.split("output: ")[1].split("\n")[0]
+        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
+        jobs.setdefault(name, {})[output] = resources
+    tables = {o for o in jobs["table"]} | {o for o in jobs["figure"]} | set(jobs["figure5"])
+    assert {o.split(",")[0] for o in tables} == {f"results/tables/table{i}.md" for i in range(3, 10)} | {
+        f"results/tables/figure{i}.png" for i in range(4, 8)}
+    assert len(jobs["train"]) == len(jobs["evaluate"]) == 82  # every run of every table, once
+    assert re.search(r"\ntotal\s+232\n", out)  # the README's count
+    llama70 = jobs["encode"]["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    assert "gpu=1" in llama70 and "runtime=360" in llama70 and "cpus_per_gpu=8" in llama70
+    video = next(r for o, r in jobs["caption"].items() if "video_caption" in o)
+    assert "gpu=2" in video and "device_map=auto" in video
+    assert "gpu=1" in jobs["train"]["results/scientific/runs/llama3-70b/model.safetensors, "
+                                    "results/scientific/runs/llama3-70b/train_log.json"]
