@@ -143,25 +143,33 @@ def test_lint_is_clean():
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+def plan(workdir: Path, datasets: str, target: str) -> tuple[str, dict]:
+    """A dry run of target with the repository's config, its datasets replaced by `datasets`
+    (YAML): the output and {rule: {first output: resources line}}."""
+    (workdir / "here.yaml").write_text(f"datasets:\n{datasets}")
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(SNAKEMAKE + ["--directory", str(workdir), "--configfile", str(REPO / "config.yaml"),
+                                       str(workdir / "here.yaml"), "-n", target],
+                          capture_output=True, text=True, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    jobs = {}
+    for block in out.split("\nrule ")[1:]:
+        name = block.split(":")[0]
+        output = block.split("output: ")[1].split("\n")[0]
+        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
+        jobs.setdefault(name, {})[output] = resources
+    return out, jobs
+
+
 def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
     """The command users type first on a GPU node, planned with the repository's own config."""
     (tmp_path / "users.tsv").write_text("u1\ta b c d\n")
     (tmp_path / "items.tsv").write_text("a\tA\nb\tB\nc\tC\nd\tD\n")
-    (tmp_path / "here.yaml").write_text(f"datasets:\n  scientific:\n    format: iisan-split\n"
-                                        f"    users: {tmp_path / 'users.tsv'}\n    items: {tmp_path / 'items.tsv'}\n")
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    plan = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                                       str(tmp_path / "here.yaml"), "-n", "results/scientific/llama3-70b.json"],
-                          capture_output=True, text=True, env=env)
-    out = plan.stdout + plan.stderr
-    assert plan.returncode == 0, out[-3000:]
-    jobs = {}
-    for block in out.split("rule ")[1:]:
-        name = block.split(":")[0]
-        resources = next(line for line in block.splitlines() if line.strip().startswith("resources:"))
-        jobs.setdefault(name, []).append((block, resources))
+    _, jobs = plan(tmp_path, f"  scientific: {{format: iisan-split, users: {tmp_path}/users.tsv, "
+                             f"items: {tmp_path}/items.tsv}}\n", "results/scientific/llama3-70b.json")
     assert sorted((k, len(v)) for k, v in jobs.items()) == [("encode", 2), ("evaluate", 1), ("prepare", 1), ("train", 1)]
-    encodes = {b.split("output: ")[1].split()[0]: r for b, r in jobs["encode"]}
+    encodes = {o.split(",")[0]: r for o, r in jobs["encode"].items()}
     # 7 of Llama-3-70B's 81 hidden states (group LayerDrop to ViT-base's 6 blocks), on a GPU.
     assert encodes.keys() == {"results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr",
                               "results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"}
@@ -170,8 +178,8 @@ def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
     # Spread over the node's GPUs: a resource of the job, so changing it re-runs nothing.
     assert "device_map=auto" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
     assert "device_map=none" in encodes["results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"]
-    assert "gpu=1" in jobs["train"][0][1] and "gpu=1" in jobs["evaluate"][0][1]
-    assert "gpu=" not in jobs["prepare"][0][1]
+    assert all("gpu=1" in r for r in [*jobs["train"].values(), *jobs["evaluate"].values()])
+    assert all("gpu=" not in r for r in jobs["prepare"].values())
 
 
 def test_the_local_profile_plans_the_demo(tmp_path):
@@ -192,22 +200,10 @@ def test_all_paper_tables_dry_run_lists_the_dag_with_gpu_resources(tmp_path):
     for folder in ("images", "videos"):
         (tmp_path / folder).mkdir()
     amazon = f"{{format: iisan-split, users: {tmp_path}/users.tsv, items: {tmp_path}/items.tsv, images: {tmp_path}/images}}"
-    (tmp_path / "here.yaml").write_text(
-        f"datasets:\n  scientific: {amazon}\n  instrument: {amazon}\n  office: {amazon}\n"
-        f"  microlens: {{format: microlens, users: {tmp_path}/users.tsv, items: {tmp_path}/titles.csv, "
-        f"images: {tmp_path}/images, videos: {tmp_path}/videos}}\n")
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    plan = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(REPO / "config.yaml"),
-                                       str(tmp_path / "here.yaml"), "-n", "results/tables/all"],
-                          capture_output=True, text=True, env=env)
-    out = plan.stdout + plan.stderr
-    assert plan.returncode == 0, out[-3000:]
-    jobs = {}
-    for block in out.split("\nrule ")[1:]:
-        name = block.split(":")[0]
-        output = block.split("output: ")[1].split("\n")[0]
-        resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
-        jobs.setdefault(name, {})[output] = resources
+    out, jobs = plan(tmp_path, f"  scientific: {amazon}\n  instrument: {amazon}\n  office: {amazon}\n"
+                               f"  microlens: {{format: microlens, users: {tmp_path}/users.tsv, "
+                               f"items: {tmp_path}/titles.csv, images: {tmp_path}/images, videos: {tmp_path}/videos}}\n",
+                     "results/tables/all")
     tables = {o for o in jobs["table"]} | {o for o in jobs["figure"]} | set(jobs["figure5"])
     assert {o.split(",")[0] for o in tables} == {f"results/tables/table{i}.md" for i in range(3, 10)} | {
         f"results/tables/figure{i}.png" for i in range(4, 8)}
