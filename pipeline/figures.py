@@ -69,7 +69,7 @@ def figure4(spec: dict, results: Path, out: Path) -> list[dict]:
             ax.axvline(idx[0] - 0.5, color="red", linestyle=":")
     ax.set_xticks(x, [r["label"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("test HR@10 (%)")
-    ax.set_title(spec.get("title", "Scaling of the text encoder"))
+    ax.set_title(spec.get("title", "Scaling of the text encoder"), fontsize=9, wrap=True)
     ax.legend(fontsize=8)
     _save(fig, plt, out, rows)
     return rows
@@ -110,7 +110,7 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
     ax.set_xticks(x, [r["label"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("cache on disk (GiB)")
     ax.set_yscale("log")
-    ax.set_title(spec.get("title", "On-disk cache by text encoder"))
+    ax.set_title(spec.get("title", "On-disk cache by text encoder"), fontsize=9, wrap=True)
     ax.legend(fontsize=8)
     _save(fig, plt, out, rows)
     return rows
@@ -136,7 +136,7 @@ def figure7(spec: dict, results: Path, out: Path) -> list[dict]:
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{spec.get('title', 'Cached training by text encoder')} ({rows[0]['device']})")
+    fig.suptitle(f"{spec.get('title', 'Cached training by text encoder')} ({rows[0]['device']})", fontsize=9, wrap=True)
     _save(fig, plt, out, rows)
     return rows
 

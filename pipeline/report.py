@@ -80,7 +80,7 @@ def _pct(value, signed=False) -> str:
 
 
 def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
-    lines = [f"# {spec['title']}", "", spec.get("caption", ""), "",
+    lines = [f"# {spec['title']}", "",
              "| " + " | ".join(["", "dataset", "run"] + [f"{w} {m.upper()}" for m in METRICS
                                                           for w in ("ours", "paper", "diff")]) + " |",
              "|" + "---|" * (3 + 3 * len(METRICS))]

@@ -251,7 +251,8 @@ def table_spec(name, demo=False):
     rows = [r | {"dataset": d} for d in datasets for r in source["rows"]]
     if name == "figure4" and not demo:
         rows = [r for r in rows if r["group"] in entry["groups"]]
-    spec = {"table": name, "title": entry["title"] + (" (demo variant)" if demo else ""), "rows": rows}
+    title = entry["title"] + (" - demo variant: the demo dataset and tiny encoders, not the paper's" if demo else "")
+    spec = {"table": name, "title": title, "rows": rows}
     if source.get("improvement"):
         spec["improvement"] = source["improvement"]
     if entry.get("quoted_from"):
