@@ -20,9 +20,9 @@ rule caption:
     threads: CFG["encode"]["threads"]
     resources:
         cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
-        gpu=captioner_resource("gpus"),
-        mem_mb=captioner_resource("mem_mb", grows=True),
-        runtime=captioner_resource("runtime", grows=True),
+        gpu=entry_resource(captioner, "gpus"),
+        mem_mb=entry_resource(captioner, "mem_mb", grows=True),
+        runtime=entry_resource(captioner, "runtime", grows=True),
         device_map=device_map(captioner),
     conda:
         "../../envs/models.yaml"

@@ -115,24 +115,22 @@ def caption_inputs(wildcards):
     return files
 
 
-def captioner_resource(key, grows=False):
-    """A resource of the caption job from the captioner's entry (gpus, mem_mb, runtime); with
-    `grows`, multiplied by the attempt."""
-    if grows:
-        return lambda wildcards, attempt: captioner(wildcards)[key] * attempt
-    return lambda wildcards: captioner(wildcards)[key]
-
-
 def caption_files(wildcards):
     return [f"results/{wildcards.dataset}/captions/{c}.parquet" for c in CFG["datasets"][wildcards.dataset]["captions"]]
 
 
-def encoder_resource(key, grows=False):
-    """A resource of the encode job from the encoder's entry (gpus, mem_mb, runtime); with `grows`,
-    multiplied by the attempt, so a job retried after running out of memory or time gets more."""
+def encoder(wildcards):
+    """The config entry of the encoder a job runs."""
+    return CFG["encoders"][wildcards.encoder]
+
+
+def entry_resource(entry, key, grows=False):
+    """A resource of a job from its encoder's or captioner's entry (`entry(wildcards)`: gpus,
+    mem_mb, runtime); with `grows`, multiplied by the attempt, so a job retried after running out
+    of memory or time gets more."""
     if grows:
-        return lambda wildcards, attempt: CFG["encoders"][wildcards.encoder][key] * attempt
-    return lambda wildcards: CFG["encoders"][wildcards.encoder][key]
+        return lambda wildcards, attempt: entry(wildcards)[key] * attempt
+    return lambda wildcards: entry(wildcards)[key]
 
 
 def encoder_shards(name):

@@ -27,10 +27,10 @@ rule encode:
     threads: CFG["encode"]["threads"]
     resources:
         cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
-        gpu=encoder_resource("gpus"),
-        mem_mb=encoder_resource("mem_mb", grows=True),
-        runtime=encoder_resource("runtime", grows=True),
-        device_map=device_map(lambda w: CFG["encoders"][w.encoder]),
+        gpu=entry_resource(encoder, "gpus"),
+        mem_mb=entry_resource(encoder, "mem_mb", grows=True),
+        runtime=entry_resource(encoder, "runtime", grows=True),
+        device_map=device_map(encoder),
     conda:
         "../../envs/models.yaml"
     shell:
@@ -63,10 +63,10 @@ rule encode_shard:
     threads: CFG["encode"]["threads"]
     resources:
         cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
-        gpu=encoder_resource("gpus"),
-        mem_mb=encoder_resource("mem_mb", grows=True),
-        runtime=encoder_resource("runtime", grows=True),
-        device_map=device_map(lambda w: CFG["encoders"][w.encoder]),
+        gpu=entry_resource(encoder, "gpus"),
+        mem_mb=entry_resource(encoder, "mem_mb", grows=True),
+        runtime=entry_resource(encoder, "runtime", grows=True),
+        device_map=device_map(encoder),
     conda:
         "../../envs/models.yaml"
     shell:
