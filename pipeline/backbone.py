@@ -145,6 +145,20 @@ def load_model(settings: dict, deepest: int) -> torch.nn.Module:
     return model
 
 
+def parameter_count(path: str, model_class_name: str = "AutoModel") -> int:
+    """Parameters of the whole base model at `path` (every block, no LM head), counted from its
+    config on the meta device: no weights are read, and a quantised checkpoint counts its logical
+    weights, not its packed ones."""
+    cls = model_class({"model_class": model_class_name})
+    config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
+    config = config_cls.from_pretrained(path)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # from_config would try to set up the quantiser
+    with torch.device("meta"):
+        model = cls.from_config(config) if cls.__name__.startswith("Auto") else cls(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where the inputs go: the device of the input embeddings (the first of a device map)."""
     try:

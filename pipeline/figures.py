@@ -3,9 +3,10 @@ efficiency stage's plot).
 
 - figure4: test HR@10 of each text encoder (Table IV), grouped by scale (PLM, Base LLM, MoE LLM,
   70B LLM) with each group's mean, ours beside the paper's.
-- figure6: on-disk cache of each text encoder against its size: the kept states' store (real
-  bytes on disk) and all of its states (real bytes where such a store exists, else computed as
-  (items + 1) x (L + 1) x width x 2 bytes, and marked so).
+- figure6: on-disk cache of each text encoder, ordered by its size (parameters of the whole base
+  model, counted from its config): the kept states' store (real bytes on disk) and all of its
+  states (real bytes where such a store exists, else computed as (items + 1) x (L + 1) x width
+  x 2 bytes, and marked so).
 - figure7: training time per epoch and peak memory with all cached states ('full') against the
   kept ones ('dropped'), per text encoder, from the runs' own measurements.
 Each figure also writes a CSV twin with the plotted numbers.
@@ -17,6 +18,7 @@ import csv
 import json
 from pathlib import Path
 
+from pipeline.backbone import model_path, parameter_count
 from pipeline.cache import open_store, store_bytes
 from pipeline.files import atomic_path, read_json
 from pipeline.report import paper_values
@@ -80,14 +82,20 @@ def _text_store(result: dict) -> Path:
     return Path(result["config"]["towers"]["text"]["cache"])
 
 
+def _size(parameters: int) -> str:
+    return f"{parameters / 1e9:.3g}B" if parameters >= 1e9 else f"{parameters / 1e6:.3g}M"
+
+
 def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
-    """spec: {rows: [{label, run, dataset, full_run?}]}: cache bytes of kept and of all states."""
+    """spec: {rows: [{label, run, dataset, layers, model: {path|package, model_class?}, full_run?}]}:
+    cache bytes of kept and of all states, by the text encoder's parameter count."""
     rows = []
     for r in spec["rows"]:
         result = read_json(results / r["dataset"] / f"{r['run']}.json")
         store = _text_store(result)
         attrs = dict(open_store(store).attrs)
-        row = {"label": r["label"], "run": r["run"], "params_b": r.get("params_b"),
+        parameters = parameter_count(model_path(r["model"]), r["model"].get("model_class", "AutoModel"))
+        row = {"label": r["label"], "run": r["run"], "parameters": parameters,
                "kept_states": len(attrs["kept_states"]), "dropped_bytes": store_bytes(store)}
         if r.get("full_run"):
             full = read_json(results / r["dataset"] / f"{r['full_run']}.json")
@@ -96,20 +104,24 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
             row["full_bytes"] = (attrs["items"] + 1) * (r["layers"] + 1) * attrs["hidden_size"] * 2
             row["full_measured"] = False
         rows.append(row)
+    rows.sort(key=lambda row: row["parameters"])  # the paper's x-axis: increasing model size
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.5))
     x = list(range(len(rows)))
     width = 0.4
-    ax.bar([i - width / 2 for i in x], [r["full_bytes"] / 2**30 for r in rows], width,
+    sizes = [r[key] for r in rows for key in ("full_bytes", "dropped_bytes")]
+    unit, scale = ("GiB", 2**30) if max(sizes) >= 2**30 else ("MiB", 2**20)
+    ax.bar([i - width / 2 for i in x], [r["full_bytes"] / scale for r in rows], width,
            label="all states (hatched: computed)", color="tab:orange")
     for i, r in zip(x, rows):
         if not r["full_measured"]:
-            ax.bar(i - width / 2, r["full_bytes"] / 2**30, width, fill=False, hatch="//", edgecolor="black")
-    ax.bar([i + width / 2 for i in x], [r["dropped_bytes"] / 2**30 for r in rows], width,
+            ax.bar(i - width / 2, r["full_bytes"] / scale, width, fill=False, hatch="//", edgecolor="black")
+    ax.bar([i + width / 2 for i in x], [r["dropped_bytes"] / scale for r in rows], width,
            label="kept states (measured)", color="tab:blue")
-    ax.set_xticks(x, [r["label"] for r in rows], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("cache on disk (GiB)")
-    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{r['label']}\n{_size(r['parameters'])}" for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(f"cache on disk ({unit})")
+    if max(sizes) > 50 * min(sizes):  # BERT-base to Llama-70B spans two orders of magnitude
+        ax.set_yscale("log")
     ax.set_title(spec.get("title", "On-disk cache by text encoder"), fontsize=9, wrap=True)
     ax.legend(fontsize=8)
     _save(fig, plt, out, rows)

@@ -11,7 +11,7 @@ import zarr
 from conftest import write_sequences
 from transformers import AutoModel, AutoTokenizer
 
-from pipeline.backbone import Backbone, BackboneError, load_model
+from pipeline.backbone import Backbone, BackboneError, load_model, parameter_count
 from pipeline.build_encoder import build_llm
 from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.encode import EncodeError, encode
@@ -70,6 +70,13 @@ def test_stored_states_equal_the_full_models_at_the_kept_indices(family, tiny_ll
         expected = torch.stack([hidden[s][0].mean(0) for s in states]).numpy()  # [3, 64]
         np.testing.assert_allclose(stored[i], expected, rtol=2e-3, atol=2e-3)
     assert not stored[0].any()  # padding row
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parameter_count_is_the_base_models(family, tiny_llms):
+    """Counted on the meta device from the config: every block, no LM head."""
+    path = tiny_llms[family]["path"]
+    assert parameter_count(path) == sum(p.numel() for p in AutoModel.from_pretrained(path).parameters())
 
 
 def test_the_last_block_is_the_full_models_last_state(tiny_llms, item_table, tmp_path):
@@ -224,6 +231,7 @@ def test_gptq_loading(tiny_llms, item_table, tmp_path):
     a = zarr.open_group(str(tmp_path / "f32.zarr"))["states"][1:].astype(np.float32)
     b = zarr.open_group(str(tmp_path / "gptq.zarr"))["states"][1:].astype(np.float32)
     assert np.isfinite(b).all() and np.abs(a - b).max() < 0.5 * np.abs(a).max()
+    assert parameter_count(gptq["path"]) == parameter_count(settings["path"])  # logical, not packed, weights
 
 
 def test_va_training_with_an_llm_text_tower(tiny_llms, tiny_vit, item_table, tmp_path, monkeypatch):

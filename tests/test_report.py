@@ -66,3 +66,44 @@ def test_figure4_groups_the_encoders_from_run_results(tmp_path):
     assert [(r["run"], r["ours_hr@10"], r["paper_hr@10"]) for r in plotted] == [
         ("bert-base", 0.0650, 0.0683), ("bert-large", 0.0700, 0.0729), ("llama3-8b", 0.0790, 0.0778)]
     assert out.with_suffix(".csv").read_text().splitlines()[1] == "BERT-base,PLM,bert-base,0.065,0.0683"
+
+
+def test_figure6_orders_the_encoders_by_size_and_measures_their_stores(tmp_path):
+    import zarr
+    from transformers import AutoModel, BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from pipeline.figures import figure6
+
+    models = {"bert": BertModel(BertConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                                           intermediate_size=32, vocab_size=500)),
+              "llama": LlamaModel(LlamaConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                              intermediate_size=16, vocab_size=50))}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / name)
+    folder = tmp_path / "scientific"
+    folder.mkdir()
+
+    def write_store_and_run(run, states, width):
+        store = zarr.open_group(str(tmp_path / f"{run}.zarr"), mode="w")
+        store.create_array("states", shape=(10, len(states), width), dtype="float16")[:] = 1.0  # 9 items + padding
+        store.attrs.update({"kept_states": states, "items": 9, "hidden_size": width})
+        result = {"config": {"towers": {"text": {"cache": str(tmp_path / f"{run}.zarr")}}}}
+        (folder / f"{run}.json").write_text(json.dumps(result))
+        return sum(f.stat().st_size for f in (tmp_path / f"{run}.zarr").rglob("*") if f.is_file())
+
+    bert_kept = write_store_and_run("bert", [0, 2, 4], 16)
+    bert_all = write_store_and_run("bert-all", [0, 1, 2, 3, 4], 16)
+    llama_kept = write_store_and_run("llama", [0, 2], 8)
+    rows = [{"label": "BERT", "run": "bert", "full_run": "bert-all", "layers": 4, "dataset": "scientific",
+             "model": {"path": str(tmp_path / "bert")}},
+            {"label": "Llama", "run": "llama", "layers": 2, "dataset": "scientific",
+             "model": {"path": str(tmp_path / "llama")}}]
+    out = tmp_path / "tables" / "figure6.png"
+    plotted = figure6({"rows": rows, "title": "cache"}, tmp_path, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    size = {name: sum(p.numel() for p in AutoModel.from_pretrained(tmp_path / name).parameters()) for name in models}
+    assert size["llama"] < size["bert"]
+    assert [(r["run"], r["parameters"], r["kept_states"], r["dropped_bytes"], r["full_bytes"], r["full_measured"])
+            for r in plotted] == [
+        ("llama", size["llama"], 2, llama_kept, 10 * 3 * 8 * 2, False),  # computed: (9 + 1) x (2 + 1) x 8 x 2 bytes
+        ("bert", size["bert"], 3, bert_kept, bert_all, True)]

@@ -249,6 +249,8 @@ def table_spec(name, demo=False):
     rows = [r | {"dataset": d} for d in datasets for r in source["rows"]]
     if name == "figure4" and not demo:
         rows = [r for r in rows if r["group"] in entry["groups"]]
+    if name == "figure6":  # the text encoder, whose size is the figure's x-axis
+        rows = [r | {"model": text_model(r["dataset"], r["run"])} for r in rows]
     title = entry["title"] + (" - demo variant: the demo dataset and tiny encoders, not the paper's" if demo else "")
     spec = {"table": name, "title": title, "rows": rows}
     if source.get("improvement"):
@@ -256,6 +258,12 @@ def table_spec(name, demo=False):
     if entry.get("quoted_from"):
         spec["quoted_from"] = entry["quoted_from"]
     return spec
+
+
+def text_model(dataset, run_name):
+    """Where a run's text encoder loads from: its path or package, and its model class."""
+    enc = CFG["encoders"][resolve_run(CFG, dataset, run_name)["towers"]["text"]["encoder"]]
+    return {k: enc[k] for k in ("path", "package", "model_class") if k in enc}
 
 
 def table_inputs(name, demo=False):
