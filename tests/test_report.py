@@ -52,6 +52,22 @@ def test_a_table_shows_ours_the_papers_and_the_difference(tmp_path):
     assert header.startswith("label,group,dataset,run,quoted,ours_hr@10,paper_hr@10,diff_hr@10")
 
 
+def test_rows_not_rerun_are_quoted_with_their_source(tmp_path):
+    folder = tmp_path / "microlens"
+    folder.mkdir()
+    (folder / "sasrec-id.json").write_text(json.dumps({"metrics": {"test": {"hr@10": 0.0950, "ndcg@10": 0.0500}}}))
+    spec = {"table": "table5", "title": "Table V", "quoted_from": "the MicroLens benchmark",
+            "rows": [{"label": "DSSM", "group": "IDRec (CF)", "paper": "DSSM", "dataset": "microlens"},
+                     {"label": "SASRec", "group": "IDRec (SR)", "run": "sasrec-id", "dataset": "microlens"}]}
+    twin = write_table(spec, tmp_path, tmp_path / "table5.md")
+    assert [(r["quoted"], r["ours_hr@10"], r["paper_hr@10"]) for r in twin["rows"]] == [
+        (True, None, 0.0394), (False, 0.0950, 0.0909)]
+    text = (tmp_path / "table5.md").read_text()
+    assert "| IDRec (CF): DSSM | microlens | quoted | - | 3.94 | - | - | 1.93 | - |" in text
+    assert "| IDRec (SR): SASRec | microlens | `sasrec-id` | 9.50 | 9.09 | +0.41 |" in text
+    assert "Rows marked quoted are not rerun: the MicroLens benchmark." in text
+
+
 def test_figure4_groups_the_encoders_from_run_results(tmp_path):
     from pipeline.figures import figure4
 
