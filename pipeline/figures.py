@@ -5,8 +5,8 @@ efficiency stage's plot).
   70B LLM) with each group's mean, ours beside the paper's.
 - figure6: on-disk cache of each text encoder, ordered by its size (parameters of the whole base
   model, counted from its config): the kept states' store (real bytes on disk) and all of its
-  states (real bytes where such a store exists, else computed as (items + 1) x (L + 1) x width
-  x 2 bytes, and marked so).
+  L + 1 states (real bytes where such a store exists, else the kept store's bytes scaled by
+  (L + 1) / kept states, and marked so: stores are compressed, so a raw size would not compare).
 - figure7: training time per epoch and peak memory with all cached states ('full') against the
   kept ones ('dropped'), per text encoder, from the runs' own measurements.
 Each figure also writes a CSV twin with the plotted numbers.
@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.backbone import model_path, parameter_count
 from pipeline.cache import open_store, store_bytes
 from pipeline.files import atomic_path, read_json
-from pipeline.report import paper_values
+from pipeline.report import VALUES, paper_values
 
 
 def _pyplot():
@@ -44,9 +44,9 @@ def _save(fig, plt, out: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def figure4(spec: dict, results: Path, out: Path) -> list[dict]:
+def figure4(spec: dict, results: Path, out: Path, values: Path = VALUES) -> list[dict]:
     """spec: {rows: [{label, group, run, dataset}]}: HR@10 per encoder, grouped, with group means."""
-    paper = paper_values("table4")
+    paper = paper_values("table4", values)
     rows = []
     for r in spec["rows"]:
         result = read_json(results / r["dataset"] / f"{r['run']}.json")
@@ -87,7 +87,7 @@ def _size(parameters: int) -> str:
 
 
 def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
-    """spec: {rows: [{label, run, dataset, layers, model: {path|package, model_class?}, full_run?}]}:
+    """spec: {rows: [{label, run, dataset, model: {path|package, model_class?, layers}, full_run?}]}:
     cache bytes of kept and of all states, by the text encoder's parameter count."""
     rows = []
     for r in spec["rows"]:
@@ -101,7 +101,8 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
             full = read_json(results / r["dataset"] / f"{r['full_run']}.json")
             row["full_bytes"], row["full_measured"] = store_bytes(_text_store(full)), True
         else:  # every hidden state, embedding output included, float16
-            row["full_bytes"] = (attrs["items"] + 1) * (r["layers"] + 1) * attrs["hidden_size"] * 2
+            # scaled from the kept store, so both bars count the same compressed bytes per state
+            row["full_bytes"] = round(row["dropped_bytes"] * (r["model"]["layers"] + 1) / row["kept_states"])
             row["full_measured"] = False
         rows.append(row)
     rows.sort(key=lambda row: row["parameters"])  # the paper's x-axis: increasing model size
@@ -112,7 +113,7 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
     sizes = [r[key] for r in rows for key in ("full_bytes", "dropped_bytes")]
     unit, scale = ("GiB", 2**30) if max(sizes) >= 2**30 else ("MiB", 2**20)
     ax.bar([i - width / 2 for i in x], [r["full_bytes"] / scale for r in rows], width,
-           label="all states (hatched: computed)", color="tab:orange")
+           label="all states (hatched: scaled from the kept states)", color="tab:orange")
     for i, r in zip(x, rows):
         if not r["full_measured"]:
             ax.bar(i - width / 2, r["full_bytes"] / scale, width, fill=False, hatch="//", edgecolor="black")
@@ -161,10 +162,12 @@ def main(argv=None):
     parser.add_argument("figure", choices=sorted(FIGURES))
     parser.add_argument("--spec", type=json.loads, required=True, help="the figure's spec as JSON")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--values", type=Path, default=VALUES, help="the paper's numbers (Figure 4 plots them)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    extra = {"values": args.values} if args.figure == "figure4" else {}
     try:
-        rows = FIGURES[args.figure](args.spec, args.results_dir, args.out)
+        rows = FIGURES[args.figure](args.spec, args.results_dir, args.out, **extra)
     except (OSError, KeyError) as e:
         raise SystemExit(f"figures: {e}")
     print(f"{args.out}: {len(rows)} rows")

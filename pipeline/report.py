@@ -4,8 +4,11 @@ A table is a list of rows, each naming the run that reproduces it (config.yaml) 
 the paper's numbers come from paper/values.yaml. For each row the table shows our test HR@10
 and NDCG@10 (reference protocol), the paper's and the difference, in percent; a row the paper
 quotes from elsewhere (e.g. the MicroLens benchmark's baselines) and that has no run is marked
-as quoted. Where the spec names an improvement, the relative improvement of a run over another
-is given and marked `*` when a paired t-test over the users' metrics is significant (p < 0.05).
+as quoted. With `group_means` (Table VIII), each group of more than one row is followed by its
+mean. Where the spec names an improvement, the relative improvement of a run over another is
+given with the paper's formula, (run - base) / run (Table III: (7.29 - 6.83) / 7.29 = +6.31%),
+and marked `*` when the run is better and a paired t-test over the users' metrics is significant
+(p < 0.05).
 
 Outputs: <table>.md, and its twins <table>.json and <table>.csv for tools.
 
@@ -34,31 +37,57 @@ def paper_values(table: str, path: Path = VALUES) -> dict:
     return yaml.safe_load(Path(path).read_text()).get(table, {})
 
 
+def _record(label: str, group: str, dataset: str, run, ours: dict, published: dict, mean=False) -> dict:
+    record = {"label": label, "group": group, "dataset": dataset, "run": run, "quoted": run is None and not mean}
+    for m in METRICS:
+        record[f"ours_{m}"] = ours.get(m)
+        record[f"paper_{m}"] = published.get(m)
+        both = record[f"ours_{m}"] is not None and record[f"paper_{m}"] is not None
+        record[f"diff_{m}"] = record[f"ours_{m}"] - record[f"paper_{m}"] if both else None
+    record["mean"] = mean
+    return record
+
+
+def _group_mean(rows: list[dict], published: dict) -> dict:
+    """The mean of a group's rows (ours where every row has a value) beside the paper's mean."""
+    ours = {m: sum(r[f"ours_{m}"] for r in rows) / len(rows) for m in METRICS
+            if all(r[f"ours_{m}"] is not None for r in rows)}
+    group = rows[0]["group"]
+    return _record(f"Mean ({group})", group, rows[0]["dataset"], None, ours, published, mean=True)
+
+
 def table_rows(spec: dict, results: Path, paper: dict) -> list[dict]:
-    """One record per row: label, dataset, run, ours and paper per metric, the differences."""
+    """One record per row: label, dataset, run, ours and paper per metric, the differences;
+    with spec['group_means'], a mean record after each group of more than one row."""
+    if not spec["rows"]:
+        raise ReportError(f"{spec['table']}: the spec has no rows")
     rows = []
     for row in spec["rows"]:
         dataset, key = row["dataset"], row.get("paper", row.get("run"))
-        published = paper.get(dataset, {}).get(key, {})
-        record = {"label": row["label"], "group": row.get("group", ""), "dataset": dataset,
-                  "run": row.get("run"), "quoted": row.get("run") is None}
         ours = read_json(results / dataset / f"{row['run']}.json")["metrics"]["test"] if row.get("run") else {}
-        for m in METRICS:
-            record[f"ours_{m}"] = ours.get(m)
-            record[f"paper_{m}"] = published.get(m)
-            both = record[f"ours_{m}"] is not None and record[f"paper_{m}"] is not None
-            record[f"diff_{m}"] = record[f"ours_{m}"] - record[f"paper_{m}"] if both else None
-        rows.append(record)
-    return rows
+        rows.append(_record(row["label"], row.get("group", ""), dataset, row.get("run"), ours,
+                            paper.get(dataset, {}).get(key, {})))
+    if not spec.get("group_means"):
+        return rows
+    out = []
+    for i, r in enumerate(rows):
+        out.append(r)
+        last = i + 1 == len(rows) or (rows[i + 1]["group"], rows[i + 1]["dataset"]) != (r["group"], r["dataset"])
+        group = [g for g in rows if (g["group"], g["dataset"]) == (r["group"], r["dataset"])]
+        if last and len(group) > 1:
+            out.append(_group_mean(group, paper.get(r["dataset"], {}).get("means", {}).get(r["group"], {})))
+    return out
 
 
-def improvement(spec: dict, results: Path) -> list[dict]:
-    """Relative improvement of spec['improvement']['run'] over ['over'] per dataset, with the t-test."""
+def improvement(spec: dict, results: Path, paper: dict) -> list[dict]:
+    """Relative improvement (run - base) / run of spec['improvement']['run'] over ['over'] per
+    dataset, with the t-test, beside the paper's (values.yaml's `relative_improvement`)."""
     if "improvement" not in spec:
         return []
     best, base = spec["improvement"]["run"], spec["improvement"]["over"]
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in spec["rows"]):
+        published = paper.get(dataset, {}).get("relative_improvement", {})
         entry = {"dataset": dataset, "run": best, "over": base}
         for m in METRICS:
             a = read_json(results / dataset / f"{best}.json")["metrics"]["test"][m]
@@ -68,7 +97,8 @@ def improvement(spec: dict, results: Path) -> list[dict]:
                                      results / dataset / f"{base}.per_user.parquet", metric=m)
             except SignificanceError as e:
                 raise ReportError(str(e)) from None
-            entry[m] = {"relative": (a - b) / b if b else None, "p": test["p"], "significant": test["significant"]}
+            entry[m] = {"relative": (a - b) / a if a else None, "paper_relative": published.get(m),
+                        "p": test["p"], "significant": test["significant"] and a > b}
         out.append(entry)
     return out
 
@@ -86,7 +116,7 @@ def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
              "|" + "---|" * (3 + 3 * len(METRICS))]
     for r in rows:
         label = f"{r['group']}: {r['label']}" if r["group"] else r["label"]
-        run = "quoted" if r["quoted"] else f"`{r['run']}`"
+        run = "quoted" if r["quoted"] else "mean" if r["mean"] else f"`{r['run']}`"
         cells = [_pct(r[f"{w}_{m}"], signed=w == "diff") for m in METRICS for w in ("ours", "paper", "diff")]
         lines.append("| " + " | ".join([label, r["dataset"], run] + cells) + " |")
     lines.append("")
@@ -95,17 +125,23 @@ def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
     if any(r["quoted"] for r in rows):
         lines.append(f"Rows marked quoted are not rerun: {spec.get('quoted_from', 'the paper')}.")
     for g in gains:
-        parts = [f"{m.upper()} {_pct(g[m]['relative'], signed=True)}%{'*' if g[m]['significant'] else ''} "
-                 f"(p = {g[m]['p']:.3g})" for m in METRICS]
-        lines.append(f"Relative improvement of `{g['run']}` over `{g['over']}` on {g['dataset']}: "
-                     + ", ".join(parts) + " (* = paired t-test over users, p < 0.05).")
+        parts = []
+        for m in METRICS:
+            paper = f", paper {_pct(g[m]['paper_relative'], signed=True)}%" if g[m]["paper_relative"] is not None else ""
+            parts.append(f"{m.upper()} {_pct(g[m]['relative'], signed=True)}%{'*' if g[m]['significant'] else ''} "
+                         f"(p = {g[m]['p']:.3g}{paper})")
+        lines.append(f"Relative improvement (run - base) / run of `{g['run']}` over `{g['over']}` on {g['dataset']}: "
+                     + ", ".join(parts) + " (* = better and significant by a paired t-test over users, p < 0.05).")
+    if gains and spec["improvement"].get("note"):
+        lines.append(spec["improvement"]["note"])
     return "\n".join(lines) + "\n"
 
 
 def write_table(spec: dict, results: Path, out: Path, values: Path = VALUES) -> dict:
     """Write <out>.md, .json and .csv; return the JSON twin."""
-    rows = table_rows(spec, results, paper_values(spec["table"], values))
-    gains = improvement(spec, results)
+    paper = paper_values(spec["table"], values)
+    rows = table_rows(spec, results, paper)
+    gains = improvement(spec, results, paper)
     with atomic_path(out) as tmp:
         tmp.write_text(markdown(spec, rows, gains))
     twin = {"table": spec["table"], "title": spec["title"], "rows": rows, "improvement": gains}

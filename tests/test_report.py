@@ -43,13 +43,51 @@ def test_a_table_shows_ours_the_papers_and_the_difference(tmp_path):
     assert (two["ours_hr@10"], two["paper_hr@10"]) == (0.0600, 0.0646)
     assert round(six["diff_hr@10"], 6) == round(0.0700 - 0.0683, 6)
     gain = twin["improvement"][0]
-    assert round(gain["hr@10"]["relative"], 6) == round(0.07 / 0.06 - 1, 6) and gain["hr@10"]["significant"]
+    assert round(gain["hr@10"]["relative"], 6) == round((0.07 - 0.06) / 0.07, 6) and gain["hr@10"]["significant"]
     text = out.read_text()
     assert "| 6 blocks | scientific | `bert-base` | 7.00 | 6.83 | +0.17 | 4.20 | 4.14 | +0.06 |" in text
-    assert "HR@10 +16.67%*" in text
+    assert "HR@10 +14.29%*" in text
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(twin))
     header = out.with_suffix(".csv").read_text().splitlines()[0]
     assert header.startswith("label,group,dataset,run,quoted,ours_hr@10,paper_hr@10,diff_hr@10")
+
+
+def test_table3s_improvement_uses_the_papers_formula_and_stars_only_gains(tmp_path):
+    """(VA - VS) / VA, beside the paper's +6.31%; a significantly worse run gets no star."""
+    rng = np.random.default_rng(1)
+    low = (rng.random(400) < 0.05).astype(float)
+    high = np.maximum(low, (rng.random(400) < 0.08).astype(float))
+    spec = {"table": "table3", "title": "Table III",
+            "rows": [{"label": "IISAN-VS", "run": "bert-base", "dataset": "scientific"},
+                     {"label": "IISAN-VA", "run": "bert-large", "dataset": "scientific"}],
+            "improvement": {"run": "bert-large", "over": "bert-base"}}
+    write_run(tmp_path, "bert-base", 0.0683, 0.0414, low.tolist())
+    write_run(tmp_path, "bert-large", 0.0729, 0.0441, high.tolist())
+    gain = write_table(spec, tmp_path, tmp_path / "t3.md")["improvement"][0]["hr@10"]
+    assert round(gain["relative"], 4) == round(gain["paper_relative"], 4) == 0.0631  # the paper's own numbers
+    assert gain["significant"]
+    assert "HR@10 +6.31%* (p = " in (tmp_path / "t3.md").read_text() and ", paper +6.31%)" in (tmp_path / "t3.md").read_text()
+
+    write_run(tmp_path, "bert-large", 0.0600, 0.0400, low.tolist())
+    write_run(tmp_path, "bert-base", 0.0700, 0.0420, high.tolist())  # VA now significantly worse
+    gain = write_table(spec, tmp_path, tmp_path / "t3.md")["improvement"][0]["hr@10"]
+    assert gain["relative"] < 0 and gain["p"] < 0.05 and not gain["significant"]
+
+
+def test_table8_has_a_mean_row_after_each_group(tmp_path):
+    spec = {"table": "table8", "title": "Table VIII", "group_means": True,
+            "rows": [{"label": "Full", "group": "24 + 12", "run": "va-no-layerdrop", "dataset": "scientific"},
+                     {"label": "12(even_all)+12(all)", "group": "12 + 12", "run": "va-12even_all-12all",
+                      "dataset": "scientific"},
+                     {"label": "12(top)+12(all)", "group": "12 + 12", "run": "va-12top-12all", "dataset": "scientific"}]}
+    for run, hr in (("va-no-layerdrop", 0.0680), ("va-12even_all-12all", 0.0700), ("va-12top-12all", 0.0720)):
+        write_run(tmp_path, run, hr, hr / 2, [0.0, 1.0])
+    rows = write_table(spec, tmp_path, tmp_path / "t8.md")["rows"]
+    assert [(r["label"], r["mean"]) for r in rows] == [
+        ("Full", False), ("12(even_all)+12(all)", False), ("12(top)+12(all)", False), ("Mean (12 + 12)", True)]
+    mean = rows[-1]
+    assert round(mean["ours_hr@10"], 6) == 0.0710 and mean["paper_hr@10"] == 0.0691  # the paper's mean of 12 + 12
+    assert "| 12 + 12: Mean (12 + 12) | scientific | mean | 7.10 | 6.91 | +0.19 |" in (tmp_path / "t8.md").read_text()
 
 
 def test_rows_not_rerun_are_quoted_with_their_source(tmp_path):
@@ -110,10 +148,10 @@ def test_figure6_orders_the_encoders_by_size_and_measures_their_stores(tmp_path)
     bert_kept = write_store_and_run("bert", [0, 2, 4], 16)
     bert_all = write_store_and_run("bert-all", [0, 1, 2, 3, 4], 16)
     llama_kept = write_store_and_run("llama", [0, 2], 8)
-    rows = [{"label": "BERT", "run": "bert", "full_run": "bert-all", "layers": 4, "dataset": "scientific",
-             "model": {"path": str(tmp_path / "bert")}},
-            {"label": "Llama", "run": "llama", "layers": 2, "dataset": "scientific",
-             "model": {"path": str(tmp_path / "llama")}}]
+    rows = [{"label": "BERT", "run": "bert", "full_run": "bert-all", "dataset": "scientific",
+             "model": {"path": str(tmp_path / "bert"), "layers": 4}},
+            {"label": "Llama", "run": "llama", "dataset": "scientific",
+             "model": {"path": str(tmp_path / "llama"), "layers": 2}}]
     out = tmp_path / "tables" / "figure6.png"
     plotted = figure6({"rows": rows, "title": "cache"}, tmp_path, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,5 +159,5 @@ def test_figure6_orders_the_encoders_by_size_and_measures_their_stores(tmp_path)
     assert size["llama"] < size["bert"]
     assert [(r["run"], r["parameters"], r["kept_states"], r["dropped_bytes"], r["full_bytes"], r["full_measured"])
             for r in plotted] == [
-        ("llama", size["llama"], 2, llama_kept, 10 * 3 * 8 * 2, False),  # computed: (9 + 1) x (2 + 1) x 8 x 2 bytes
+        ("llama", size["llama"], 2, llama_kept, round(llama_kept * 3 / 2), False),  # scaled: 3 states of which 2 kept
         ("bert", size["bert"], 3, bert_kept, bert_all, True)]

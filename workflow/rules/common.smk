@@ -30,9 +30,10 @@ except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}")
 
 
+# Only configured names: results/tables/table7.json must not look like a run's results.
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_-]+",
-    run=r"[A-Za-z0-9_-]+",
+    dataset="|".join(re.escape(name) for name in CFG["datasets"]),
+    run="|".join(re.escape(name) for name in CFG["runs"]),
     encoder=r"[A-Za-z0-9_-]+",
     states=r"h\d+(-\d+)*",
     # A store of a caption column is named <encoder>.<column>.<states>.zarr; of titles, <encoder>.<states>.zarr.
@@ -257,13 +258,15 @@ def table_spec(name, demo=False):
         spec["improvement"] = source["improvement"]
     if entry.get("quoted_from"):
         spec["quoted_from"] = entry["quoted_from"]
+    if entry.get("group_means"):
+        spec["group_means"] = True
     return spec
 
 
 def text_model(dataset, run_name):
-    """Where a run's text encoder loads from: its path or package, and its model class."""
+    """Where a run's text encoder loads from (path or package, model class), and its layers."""
     enc = CFG["encoders"][resolve_run(CFG, dataset, run_name)["towers"]["text"]["encoder"]]
-    return {k: enc[k] for k in ("path", "package", "model_class") if k in enc}
+    return {k: enc[k] for k in ("path", "package", "model_class", "layers") if k in enc}
 
 
 def table_inputs(name, demo=False):
@@ -276,7 +279,7 @@ def table_inputs(name, demo=False):
                 files.add(f"results/{r['dataset']}/{r[key]}.json")
     if "improvement" in spec:
         for d in {r["dataset"] for r in spec["rows"]}:
-            for run in spec["improvement"].values():
+            for run in (spec["improvement"]["run"], spec["improvement"]["over"]):
                 files.add(f"results/{d}/{run}.json")
                 files.add(f"results/{d}/{run}.per_user.parquet")
     return sorted(files)

@@ -44,7 +44,8 @@ use rule table as demo_table with:
 rule figure:
     """Figures 4 (encoder scaling), 6 (cache on disk) and 7 (full against dropped states) from runs."""
     input:
-        lambda w: table_inputs(w.figure),
+        runs=lambda w: table_inputs(w.figure),
+        values=PAPER_VALUES,  # Figure 4 plots the paper's points
     output:
         png="results/tables/{figure}.png",
         csv="results/tables/{figure}.csv",
@@ -61,12 +62,14 @@ rule figure:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.figures {wildcards.figure} --spec {params.spec:q} --out {output.png} > {log} 2>&1"
+        "python -m pipeline.figures {wildcards.figure} --spec {params.spec:q} --values {input.values} "
+        "--out {output.png} > {log} 2>&1"
 
 
 use rule figure as demo_figure with:
     input:
-        lambda w: table_inputs(w.figure, demo=True),
+        runs=lambda w: table_inputs(w.figure, demo=True),
+        values=PAPER_VALUES,
     output:
         png="results/demo/tables/{figure}.png",
         csv="results/demo/tables/{figure}.csv",
