@@ -149,7 +149,8 @@ def figure7(spec: dict, results: Path, out: Path) -> list[dict]:
         ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{spec.get('title', 'Cached training by text encoder')} ({rows[0]['device']})", fontsize=9, wrap=True)
+    devices = ", ".join(dict.fromkeys(r["device"] for r in rows))  # every device a run was measured on
+    fig.suptitle(f"{spec.get('title', 'Cached training by text encoder')} ({devices})", fontsize=9, wrap=True)
     _save(fig, plt, out, rows)
     return rows
 
