@@ -100,8 +100,7 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
         if r.get("full_run"):
             full = read_json(results / r["dataset"] / f"{r['full_run']}.json")
             row["full_bytes"], row["full_measured"] = store_bytes(_text_store(full)), True
-        else:  # every hidden state, embedding output included, float16
-            # scaled from the kept store, so both bars count the same compressed bytes per state
+        else:  # all L + 1 states, scaled from the kept store: both bars count compressed bytes per state
             row["full_bytes"] = round(row["dropped_bytes"] * (r["model"]["layers"] + 1) / row["kept_states"])
             row["full_measured"] = False
         rows.append(row)

@@ -72,10 +72,11 @@ def table_rows(spec: dict, results: Path, paper: dict) -> list[dict]:
     out = []
     for i, r in enumerate(rows):
         out.append(r)
-        last = i + 1 == len(rows) or (rows[i + 1]["group"], rows[i + 1]["dataset"]) != (r["group"], r["dataset"])
-        group = [g for g in rows if (g["group"], g["dataset"]) == (r["group"], r["dataset"])]
-        if last and len(group) > 1:
-            out.append(_group_mean(group, paper.get(r["dataset"], {}).get("means", {}).get(r["group"], {})))
+        key = (r["group"], r["dataset"])
+        if i + 1 == len(rows) or (rows[i + 1]["group"], rows[i + 1]["dataset"]) != key:  # the group's last row
+            group = [g for g in rows if (g["group"], g["dataset"]) == key]
+            if len(group) > 1:
+                out.append(_group_mean(group, paper.get(r["dataset"], {}).get("means", {}).get(r["group"], {})))
     return out
 
 
