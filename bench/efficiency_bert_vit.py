@@ -24,8 +24,9 @@ from transformers import AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTIma
 
 from pipeline.backbone import model_path
 from pipeline.config import load_config, resolve_run
-from pipeline.efficiency import measure_in_subprocess, plot, with_ratios, write_csv
+from pipeline.efficiency import COLUMNS, measure_in_subprocess, plot, with_ratios
 from pipeline.encode import encode
+from pipeline.files import write_csv
 
 SCALES = {
     "gpu": {"layers": 12, "hidden": 768, "heads": 12, "mlp": 3072, "image": 224, "patch": 16,
@@ -76,7 +77,7 @@ def main(argv=None):
                 for run in resolved.values() for size in s["batch_sizes"]]
     rows = with_ratios(rows, "iisan-vs")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, args.out / f"efficiency.{args.scale}.csv")
+    write_csv(args.out / f"efficiency.{args.scale}.csv", rows, COLUMNS)
     plot(rows, args.out / f"efficiency.{args.scale}.png", f"BERT-base + ViT-base shapes ({device_name()})")
     report = {"device": device_name(), "scale": args.scale, "data": data,
               "command": f"python bench/efficiency_bert_vit.py --scale {args.scale}", "rows": rows}

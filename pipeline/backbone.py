@@ -59,11 +59,15 @@ def _captures_hidden_states(cls, config) -> bool:
     return "hidden_states" in (getattr(target, "_can_record_outputs", None) or {})
 
 
+def _checkpoint_config(cls, path: str, trust_remote_code: bool = False):
+    """The checkpoint's config, read by the config class that `cls` loads with."""
+    config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
+    return config_cls.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
 def _load_config(cls, path: str, settings: dict, deepest: int):
     """The checkpoint's config, checked against the entry and cut after block `deepest`."""
-    remote = settings.get("trust_remote_code", False)
-    config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
-    config = config_cls.from_pretrained(path, trust_remote_code=remote)
+    config = _checkpoint_config(cls, path, settings.get("trust_remote_code", False))
     layers = getattr(config, "num_hidden_layers", None)
     width = getattr(config, "hidden_size", None)
     if (layers, width) != (settings["layers"], settings["hidden_size"]):
@@ -150,8 +154,7 @@ def parameter_count(path: str, model_class_name: str = "AutoModel") -> int:
     config on the meta device: no weights are read, and a quantised checkpoint counts its logical
     weights, not its packed ones."""
     cls = model_class({"model_class": model_class_name})
-    config_cls = AutoConfig if cls.__name__.startswith("Auto") else cls.config_class
-    config = config_cls.from_pretrained(path)
+    config = _checkpoint_config(cls, path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # from_config would try to set up the quantiser
     with torch.device("meta"):

@@ -16,7 +16,6 @@ Usage: python -m pipeline.efficiency --runs JSON --reference iisan-vs --items I 
 (--runs: a list of resolved runs, as the Snakemake rule passes it.)
 """
 import argparse
-import csv
 import json
 import math
 import subprocess
@@ -29,7 +28,7 @@ import torch
 
 from pipeline.cache import CacheError
 from pipeline.data import DataError, make_splits, read_sequences
-from pipeline.files import atomic_path
+from pipeline.files import atomic_path, write_csv
 from pipeline.run import build_model, count_parameters, load_caches, param_groups, run_items
 from pipeline.train import device, peak_memory_bytes, train_step
 
@@ -104,14 +103,6 @@ def with_ratios(rows: list[dict], reference: str) -> list[dict]:
     return rows
 
 
-def write_csv(rows: list[dict], out: Path) -> None:
-    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: r[k] for k in COLUMNS})
-
-
 def plot(rows: list[dict], out: Path, title: str) -> None:
     import matplotlib
 
@@ -175,7 +166,7 @@ def main(argv=None):
     except (CacheError, DataError) as e:
         raise SystemExit(f"efficiency: {e}")
     rows = with_ratios(rows, args.reference)
-    write_csv(rows, args.out)
+    write_csv(args.out, rows, COLUMNS)
     dataset = runs[0]["dataset"]
     plot(rows, args.plot, f"{dataset}: training cost against batch size ({rows[0]['device']})")
 

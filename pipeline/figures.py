@@ -14,13 +14,12 @@ Each figure also writes a CSV twin with the plotted numbers.
 Usage: python -m pipeline.figures figure4|figure6|figure7 --spec JSON --results-dir results --out F.png
 """
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from pipeline.backbone import model_path, parameter_count
-from pipeline.cache import open_store, store_bytes
-from pipeline.files import atomic_path, read_json
+from pipeline.cache import store_bytes
+from pipeline.files import atomic_path, read_json, write_csv
 from pipeline.report import VALUES, paper_values
 
 
@@ -38,10 +37,7 @@ def _save(fig, plt, out: Path, rows: list[dict]) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
 
 
 def figure4(spec: dict, results: Path, out: Path, values: Path = VALUES) -> list[dict]:
@@ -92,11 +88,10 @@ def figure6(spec: dict, results: Path, out: Path) -> list[dict]:
     rows = []
     for r in spec["rows"]:
         result = read_json(results / r["dataset"] / f"{r['run']}.json")
-        store = _text_store(result)
-        attrs = dict(open_store(store).attrs)
+        tower = result["config"]["towers"]["text"]
         parameters = parameter_count(model_path(r["model"]), r["model"].get("model_class", "AutoModel"))
         row = {"label": r["label"], "run": r["run"], "parameters": parameters,
-               "kept_states": len(attrs["kept_states"]), "dropped_bytes": store_bytes(store)}
+               "kept_states": len(tower["kept_states"]), "dropped_bytes": store_bytes(tower["cache"])}
         if r.get("full_run"):
             full = read_json(results / r["dataset"] / f"{r['full_run']}.json")
             row["full_bytes"], row["full_measured"] = store_bytes(_text_store(full)), True

@@ -1,4 +1,5 @@
 """Small file helpers: outputs appear complete or not at all."""
+import csv
 import hashlib
 import json
 import os
@@ -23,6 +24,15 @@ def atomic_path(path: str | Path):
 def write_json(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    """One row per dict; the columns are the first row's keys unless given."""
+    columns = columns or list(rows[0])
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_json(path: str | Path):

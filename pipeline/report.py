@@ -15,13 +15,12 @@ Outputs: <table>.md, and its twins <table>.json and <table>.csv for tools.
 Usage: python -m pipeline.report --spec JSON --results-dir results --out results/tables/table3.md
 """
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import yaml
 
-from pipeline.files import atomic_path, read_json, write_json
+from pipeline.files import atomic_path, read_json, write_csv, write_json
 from pipeline.significance import SignificanceError, paired_t_test
 
 METRICS = ("hr@10", "ndcg@10")
@@ -90,9 +89,9 @@ def improvement(spec: dict, results: Path, paper: dict) -> list[dict]:
     for dataset in dict.fromkeys(r["dataset"] for r in spec["rows"]):
         published = paper.get(dataset, {}).get("relative_improvement", {})
         entry = {"dataset": dataset, "run": best, "over": base}
+        ours, theirs = (read_json(results / dataset / f"{run}.json")["metrics"]["test"] for run in (best, base))
         for m in METRICS:
-            a = read_json(results / dataset / f"{best}.json")["metrics"]["test"][m]
-            b = read_json(results / dataset / f"{base}.json")["metrics"]["test"][m]
+            a, b = ours[m], theirs[m]
             try:
                 test = paired_t_test(results / dataset / f"{best}.per_user.parquet",
                                      results / dataset / f"{base}.per_user.parquet", metric=m)
@@ -147,10 +146,7 @@ def write_table(spec: dict, results: Path, out: Path, values: Path = VALUES) -> 
         tmp.write_text(markdown(spec, rows, gains))
     twin = {"table": spec["table"], "title": spec["title"], "rows": rows, "improvement": gains}
     write_json(out.with_suffix(".json"), twin)
-    with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     return twin
 
 

@@ -141,7 +141,7 @@ def test_figure6_orders_the_encoders_by_size_and_measures_their_stores(tmp_path)
         store = zarr.open_group(str(tmp_path / f"{run}.zarr"), mode="w")
         store.create_array("states", shape=(10, len(states), width), dtype="float16")[:] = 1.0  # 9 items + padding
         store.attrs.update({"kept_states": states, "items": 9, "hidden_size": width})
-        result = {"config": {"towers": {"text": {"cache": str(tmp_path / f"{run}.zarr")}}}}
+        result = {"config": {"towers": {"text": {"cache": str(tmp_path / f"{run}.zarr"), "kept_states": states}}}}
         (folder / f"{run}.json").write_text(json.dumps(result))
         return sum(f.stat().st_size for f in (tmp_path / f"{run}.zarr").rglob("*") if f.is_file())
 

@@ -235,20 +235,16 @@ def efficiency_gpus(wildcards):
 # The paper's tables and figures (paper/tables.yaml): which run on which dataset makes each row.
 TABLES = yaml.safe_load((Path(workflow.basedir) / "paper" / "tables.yaml").read_text())
 PAPER_VALUES = str(Path(workflow.basedir) / "paper" / "values.yaml")
-FIGURES_FROM_RUNS = ("figure4", "figure6", "figure7")
 
 
 def table_spec(name, demo=False):
     """A table's or figure's rows, each with its dataset, for the paper's datasets or the demo."""
     entry = TABLES[name]
-    source = entry["demo"] if demo else entry
-    if "rows_from" in source:
-        source = TABLES[source["rows_from"]]["demo"] if demo else TABLES[source["rows_from"]]
-        datasets = ["demo"] if demo else TABLES[entry["rows_from"]]["datasets"]
-    else:
-        datasets = ["demo"] if demo else entry["datasets"]
+    base = TABLES[entry["rows_from"]] if "rows_from" in entry else entry  # Figure 4 plots Table IV's rows
+    source = base["demo"] if demo else base
+    datasets = ["demo"] if demo else base["datasets"]
     rows = [r | {"dataset": d} for d in datasets for r in source["rows"]]
-    if name == "figure4" and not demo:
+    if "groups" in entry and not demo:
         rows = [r for r in rows if r["group"] in entry["groups"]]
     if name == "figure6":  # the text encoder, whose size is the figure's x-axis
         rows = [r | {"model": text_model(r["dataset"], r["run"])} for r in rows]
@@ -288,5 +284,4 @@ def table_inputs(name, demo=False):
 def table_files(demo=False):
     """Every table and figure target, for results/tables/all (or results/demo/tables/all)."""
     prefix = "results/demo/tables" if demo else "results/tables"
-    names = [n for n in TABLES if n.startswith("table")]
-    return [f"{prefix}/{n}.md" for n in names] + [f"{prefix}/{f}.png" for f in (*FIGURES_FROM_RUNS, "figure5")]
+    return [f"{prefix}/{n}.{'md' if n.startswith('table') else 'png'}" for n in TABLES] + [f"{prefix}/figure5.png"]

@@ -3,20 +3,22 @@
 
 
 rule table:
-    """One of the paper's tables from its runs: ours, the paper's and the difference; JSON and CSV twins."""
+    """One of the paper's tables from its runs: ours, the paper's and the difference; JSON and CSV twins.
+    prefix "demo/" makes the demo variant."""
     input:
-        runs=lambda w: table_inputs(w.table),
+        runs=lambda w: table_inputs(w.table, demo=bool(w.prefix)),
         values=PAPER_VALUES,
     output:
-        md="results/tables/{table}.md",
-        json="results/tables/{table}.json",
-        csv="results/tables/{table}.csv",
+        md="results/{prefix}tables/{table}.md",
+        json="results/{prefix}tables/{table}.json",
+        csv="results/{prefix}tables/{table}.csv",
     wildcard_constraints:
+        prefix="(demo/)?",
         table="table[3-9]",
     params:
-        spec=lambda w: json.dumps(table_spec(w.table), sort_keys=True),
+        spec=lambda w: json.dumps(table_spec(w.table, demo=bool(w.prefix)), sort_keys=True),
     log:
-        "results/logs/tables/{table}.log",
+        "results/logs/{prefix}tables/{table}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -27,34 +29,22 @@ rule table:
         "python -m pipeline.report --spec {params.spec:q} --values {input.values} --out {output.md} > {log} 2>&1"
 
 
-use rule table as demo_table with:
-    input:
-        runs=lambda w: table_inputs(w.table, demo=True),
-        values=PAPER_VALUES,
-    output:
-        md="results/demo/tables/{table}.md",
-        json="results/demo/tables/{table}.json",
-        csv="results/demo/tables/{table}.csv",
-    params:
-        spec=lambda w: json.dumps(table_spec(w.table, demo=True), sort_keys=True),
-    log:
-        "results/logs/demo/tables/{table}.log",
-
-
 rule figure:
-    """Figures 4 (encoder scaling), 6 (cache on disk) and 7 (full against dropped states) from runs."""
+    """Figures 4 (encoder scaling), 6 (cache on disk) and 7 (full against dropped states) from runs;
+    prefix "demo/" makes the demo variant."""
     input:
-        runs=lambda w: table_inputs(w.figure),
+        runs=lambda w: table_inputs(w.figure, demo=bool(w.prefix)),
         values=PAPER_VALUES,  # Figure 4 plots the paper's points
     output:
-        png="results/tables/{figure}.png",
-        csv="results/tables/{figure}.csv",
+        png="results/{prefix}tables/{figure}.png",
+        csv="results/{prefix}tables/{figure}.csv",
     wildcard_constraints:
+        prefix="(demo/)?",
         figure="figure[467]",
     params:
-        spec=lambda w: json.dumps(table_spec(w.figure), sort_keys=True),
+        spec=lambda w: json.dumps(table_spec(w.figure, demo=bool(w.prefix)), sort_keys=True),
     log:
-        "results/logs/tables/{figure}.log",
+        "results/logs/{prefix}tables/{figure}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -64,19 +54,6 @@ rule figure:
     shell:
         "python -m pipeline.figures {wildcards.figure} --spec {params.spec:q} --values {input.values} "
         "--out {output.png} > {log} 2>&1"
-
-
-use rule figure as demo_figure with:
-    input:
-        runs=lambda w: table_inputs(w.figure, demo=True),
-        values=PAPER_VALUES,
-    output:
-        png="results/demo/tables/{figure}.png",
-        csv="results/demo/tables/{figure}.csv",
-    params:
-        spec=lambda w: json.dumps(table_spec(w.figure, demo=True), sort_keys=True),
-    log:
-        "results/logs/demo/tables/{figure}.log",
 
 
 rule figure5:
@@ -105,7 +82,7 @@ rule figure5:
 rule all_tables:
     """Every table and figure of the paper (results/tables/all) or of its demo variant."""
     input:
-        lambda w: table_files(demo=w.prefix == "demo/"),
+        lambda w: table_files(demo=bool(w.prefix)),
     output:
         "results/{prefix}tables/all",
     wildcard_constraints:
