@@ -7,7 +7,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import torch
 import zarr
+
+from pipeline.methods import method
 
 
 class CacheError(ValueError):
@@ -50,3 +53,22 @@ def open_store(path: Path) -> zarr.Group:
 
 def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def read_states(run: dict, items) -> dict[str, torch.Tensor]:
+    """Each tower's cached states [N+1, K, D] (float16, in memory) for a resolved run, checked
+    against the run and the item table (with the text column the tower reads); {} for a method
+    without caches."""
+    caches = {}
+    if not method(run["method"]).cached:
+        return caches
+    for name, tower in run["towers"].items():
+        if not Path(tower["cache"]).is_dir():
+            raise CacheMismatch(f"{tower['cache']}: no cache; run the encode stage first")
+        store = open_store(tower["cache"])
+        expected = {key: tower[key] for key in ("model", "pooling", "kept_states", "hidden_size")}
+        fingerprint = items_fingerprint(items, tower.get("column", "title"))
+        check_attributes(dict(store.attrs), expected | {"complete": True, "items_fingerprint": fingerprint},
+                         tower["cache"])
+        caches[name] = torch.from_numpy(store["states"][:])
+    return caches

@@ -11,14 +11,10 @@ import jsonschema
 import yaml
 
 from pipeline import layerdrop
+from pipeline.methods import METHODS, method, schema_description
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 TOWERS = ("text", "image")
-CACHED_METHODS = ("iisan", "frozen")  # read cached encoder states
-# Run their backbones inside every training step (Table III baselines; IISAN without its cache).
-UNCACHED_METHODS = ("fft", "adapter", "lora", "bitfit", "iisan-uncached")
-CONTENT_METHODS = CACHED_METHODS + UNCACHED_METHODS  # methods with text/image encoders
-TUNED_METHODS = ("fft", "adapter", "lora", "bitfit")  # train weights inside their backbones
 # Encoder keys that change no computed state (scheduling, placement, documentation).
 UNSTORED_KEYS = ("family", "gpus", "mem_mb", "runtime", "device_map", "causal", "shards")
 
@@ -73,6 +69,13 @@ def _fail(files: list, path: list, message: str):
     raise ConfigError(f"{at}: key '{where}': {message}")
 
 
+def load_schema() -> dict:
+    """The config schema, with the methods of the registry (pipeline/methods.py) filled in."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema["$defs"]["run"]["properties"]["method"] = {"enum": list(METHODS), "description": schema_description()}
+    return schema
+
+
 def load_config(source: str | Path | dict, files: list | None = None) -> dict:
     """Validate a config, a YAML path or a parsed dict, and return it with defaults filled.
 
@@ -91,7 +94,7 @@ def load_config(source: str | Path | dict, files: list | None = None) -> dict:
         _fail(files, [], "the config must be a mapping")
 
     cfg = copy.deepcopy(raw)
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -163,7 +166,7 @@ def _cross_check(cfg: dict, files: list):
         ablate = run.get("ablate", [])
         if ablate and run["method"] != "iisan":
             _fail(files, where + ["ablate"], "ablations remove parts of method 'iisan'")
-        if run["method"] not in CONTENT_METHODS:
+        if not method(run["method"]).content:
             continue
         if ("inter" in ablate or "intra" in ablate) and not (run["text"] and run["image"]):
             _fail(files, where + ["ablate"], "the intra/inter ablations need both a text and an image tower")
@@ -190,7 +193,7 @@ def _cross_check(cfg: dict, files: list):
             if tower in run["columns"] and enc["modality"] != "text":
                 _fail(files, where + ["columns", tower], f"the {tower} tower's encoder '{enc_name}' reads images, "
                                                          f"not a text column")
-            if run["method"] in TUNED_METHODS and (enc["quantization"] or enc["dtype"] != "float32"):
+            if method(run["method"]).tunes_backbone and (enc["quantization"] or enc["dtype"] != "float32"):
                 _fail(files, where + [tower], f"method '{run['method']}' trains encoder '{enc_name}', which must "
                                               f"load in float32 without quantization")
         try:
@@ -203,11 +206,11 @@ def _cross_check(cfg: dict, files: list):
         for i, run_name in enumerate(eff["runs"]):
             if run_name not in cfg["runs"]:
                 _fail(files, where + ["runs", i], f"unknown run '{run_name}'")
-            if cfg["runs"][run_name]["method"] not in CONTENT_METHODS:
+            if not method(cfg["runs"][run_name]["method"]).content:
                 _fail(files, where + ["runs", i], f"run '{run_name}' has no encoders to compare")
         if eff["runs"] and eff["reference"] not in eff["runs"]:
             _fail(files, where + ["reference"], f"'{eff['reference']}' is not one of the runs compared")
-        if eff["runs"] and cfg["runs"][eff["reference"]]["method"] not in CACHED_METHODS:
+        if eff["runs"] and not method(cfg["runs"][eff["reference"]]["method"]).cached:
             _fail(files, where + ["reference"], "the reference is a cached run (method iisan or frozen)")
     for dataset, runs in cfg["default_targets"].items():
         if dataset not in cfg["datasets"]:
@@ -231,8 +234,8 @@ def raw_paths(dataset: str) -> dict[str, str]:
 def kept_states(cfg: dict, run: dict) -> dict[str, list[int]]:
     """Hidden-state indices each tower of a run keeps, by tower name."""
     depth = {t: cfg["encoders"][run[t]]["layers"] for t in TOWERS if run[t]}
-    if run["method"] in UNCACHED_METHODS and run["method"] != "iisan-uncached":
-        return {tower: [layers] for tower, layers in depth.items()}  # the baselines read the last state
+    if method(run["method"]).last_state_only:
+        return {tower: [layers] for tower, layers in depth.items()}
     scheme = run["layerdrop"]
     kept = {}
     for tower, layers in depth.items():
@@ -269,7 +272,7 @@ def text_columns(cfg: dict, dataset: str, run: dict) -> dict[str, str]:
     """The item-table column each text tower of a run reads, checked against the dataset."""
     columns = {}
     for tower in TOWERS:
-        if run["method"] not in CONTENT_METHODS or not run[tower]:
+        if not method(run["method"]).content or not run[tower]:
             continue
         if cfg["encoders"][run[tower]]["modality"] != "text":
             continue
@@ -292,7 +295,7 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         raise ConfigError(f"unknown run '{run_name}' (known: {', '.join(sorted(cfg['runs']))})")
     run = cfg["runs"][run_name] | {"name": run_name}
     towers = {}
-    if run["method"] in CONTENT_METHODS:
+    if method(run["method"]).content:
         columns = text_columns(cfg, dataset, run)
         for tower, states in kept_states(cfg, run).items():
             enc = cfg["encoders"][run[tower]]
@@ -308,7 +311,7 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
                 **read,
                 **({"captions": caption_path(dataset, column)} if read else {}),
             }
-            if run["method"] in CACHED_METHODS:
+            if method(run["method"]).cached:
                 towers[tower]["cache"] = cache_path(dataset, run[tower], states, column)
             else:  # the backbone is loaded by train and evaluate themselves
                 towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read

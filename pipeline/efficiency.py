@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cache import CacheError
+from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_csv
-from pipeline.run import build_model, count_parameters, load_caches, param_groups, run_items
-from pipeline.train import device, peak_memory_bytes, train_step
+from pipeline.join_captions import run_items
+from pipeline.models.build import build_model, count_parameters, learning_rates
+from pipeline.models.recommender import train_step
+from pipeline.runtime import device, peak_memory_bytes
 
 MIN_SECONDS = 2.0  # timed seconds per measurement, at least: 20 ms steps need many to be steady
 MAX_STEPS = 2000
@@ -47,9 +49,8 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
-    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
-    model = build_model(run, splits.num_items, items).to(dev).train()
-    optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
+    model = build_model(run, splits.num_items, items, read_states(run, items)).to(dev).train()
+    optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
     order = torch.as_tensor(np.random.default_rng(t["seed"]).permutation(len(windows)), device=dev)
@@ -63,12 +64,12 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     for i in range(warmup):
-        train_step(model, optimizer, batch(i), caches, log_pop)
+        train_step(model, optimizer, batch(i), log_pop)
     sync()
     # At least `steps` steps and `min_seconds` of them: fast steps are timed over many.
     start, timed = time.perf_counter(), 0
     while timed < steps or (time.perf_counter() - start < min_seconds and timed < MAX_STEPS):
-        train_step(model, optimizer, batch(warmup + timed), caches, log_pop)
+        train_step(model, optimizer, batch(warmup + timed), log_pop)
         timed += 1
         if timed >= steps:
             sync()

@@ -3,66 +3,31 @@
 Writes results/{dataset}/{run}.json (metrics, efficiency, resolved config, versions),
 results/{dataset}/{run}.per_user.parquet (one row per user x split x protocol, for paired
 significance tests) and results/{dataset}/{run}.topk.parquet (each test user's 10
-recommendations, history excluded). Methods: a trained model (iisan, frozen, sasrec-id) or popularity (training counts).
+recommendations, history excluded). A trained run is read from --model-dir; popularity ranks by
+training counts.
 
 Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-dir DIR] --out X.json
 """
-import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import load_file
 
 from pipeline.cache import CacheError, open_store, store_bytes
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, read_json, write_json
-from pipeline.metrics import PROTOCOLS
-from pipeline.train import device
-from pipeline.run import (
-    all_item_embeddings,
-    build_model,
-    load_caches,
-    model_scores,
-    parse_run_arguments,
-    ranking_metrics,
-    run_arguments,
-    run_items,
-    top_k,
-)
-
-PACKAGES = ("torch", "transformers", "zarr", "numpy", "pyarrow", "snakemake")
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:  # the library also runs without Snakemake
-        return None
+from pipeline.join_captions import run_items
+from pipeline.methods import method
+from pipeline.metrics import PROTOCOLS, ranking_metrics, top_k
+from pipeline.models.build import load_scorer
+from pipeline.runtime import parse_run_arguments, run_arguments, versions
 
 
 def text_column(tower: dict) -> dict:
     """{"column": ...} for a text tower (title unless it reads a caption), {} for an image tower."""
     modality = tower["settings"]["modality"] if "settings" in tower else open_store(tower["cache"]).attrs["modality"]
     return {"column": tower.get("column", "title")} if modality == "text" else {}
-
-
-def scorer(run: dict, items, item_counts: np.ndarray, model_dir: Path | None):
-    """A function: left-padded histories [U, L] -> scores [U, N+1], for the run's method."""
-    num_items = items.num_rows
-    if run["method"] == "popularity":
-        counts = torch.as_tensor(item_counts, dtype=torch.float32)
-        return lambda inputs: counts.expand(len(inputs), -1)
-    dev = device()
-    model = build_model(run, num_items, items).to(dev)  # uncached backbones already sit on the GPU
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    model.eval()
-    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
-    item_embs = all_item_embeddings(model, caches, num_items)
-    return lambda inputs: model_scores(model, item_embs, inputs).cpu()
 
 
 def top_k_table(score, split, items, k: int, batch: int) -> pa.Table:
@@ -91,13 +56,12 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
     items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, run["train"]["max_history"])
-    score = scorer(run, items, splits.item_counts, model_dir)
+    score = load_scorer(run, items, splits.item_counts, model_dir)
     ks, batch = run["evaluate"]["ks"], run["train"]["eval_batch_size"]
 
     metrics, tables = {p: {} for p in PROTOCOLS}, []
     for name, split in (("valid", splits.valid), ("test", splits.test)):
-        summary, per_user = ranking_metrics(lambda rows: score(split.inputs[rows]), split, ks, PROTOCOLS,
-                                            batch=batch)
+        summary, per_user = ranking_metrics(score, split, ks, PROTOCOLS, batch=batch)
         for protocol in PROTOCOLS:
             metrics[protocol][name] = summary[protocol]
             tables.append(pa.table({
@@ -131,7 +95,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
             "device": log.get("device", "cpu"),
         },
         "config": run,
-        "versions": {"python": platform.python_version(), **{p: package_version(p) for p in PACKAGES}},
+        "versions": versions(),
     }
     with atomic_path(per_user_parquet) as tmp:
         pq.write_table(pa.concat_tables(tables), tmp)
@@ -150,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--topk", type=Path, default=None, help="write each test user's 10 recommendations here")
     args = parse_run_arguments(parser, argv)
     run = args.run
-    if run["method"] != "popularity" and args.model_dir is None:
+    if method(run["method"]).trains and args.model_dir is None:
         parser.error(f"--model-dir is required for method '{run['method']}'")
     try:
         result = evaluate(run, args.items, args.sequences, args.model_dir, args.out, args.per_user, args.topk)

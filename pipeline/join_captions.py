@@ -47,6 +47,11 @@ def read_items(items_parquet: Path, captions=()) -> pa.Table:
     return join_captions(items, {Path(p): pq.read_table(p) for p in captions})
 
 
+def run_items(run: dict, items_parquet: Path) -> pa.Table:
+    """The item table with the caption columns a resolved run's towers read (their `captions` files)."""
+    return read_items(items_parquet, sorted({t["captions"] for t in run["towers"].values() if "captions" in t}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=Path, required=True)

@@ -6,6 +6,8 @@ Two protocols for history masking:
   item is therefore a miss (rank = inf), as in the reference implementation;
 - repeat_aware: history items are excluded except the target itself.
 """
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -51,3 +53,27 @@ def per_user_metrics(ranks: torch.Tensor, ks) -> dict[str, np.ndarray]:
 
 def summarise(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in per_user.items()}
+
+
+def top_k(scores: torch.Tensor, histories: list, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k items per row of scores [U, N+1], excluding padding and each user's history."""
+    scores = scores.detach().cpu().float().clone()
+    scores[:, 0] = -torch.inf
+    scores[history_mask(histories, scores.shape)] = -torch.inf
+    return scores.topk(min(k, scores.shape[1] - 1), dim=1)  # values, item indices [U, k]
+
+
+def ranking_metrics(score_fn: Callable, split, ks, protocols, batch: int = 1024) -> tuple[dict, dict]:
+    """Summary and per-user metrics of an evaluation split (pipeline.data.EvalSplit) for every
+    protocol; score_fn(inputs [U, L]) -> scores [U, N+1]."""
+    per_user = {p: {} for p in protocols}
+    for lo in range(0, len(split.targets), batch):
+        rows = slice(lo, lo + batch)
+        scores = score_fn(split.inputs[rows])
+        targets = torch.as_tensor(split.targets[rows])
+        for p in protocols:
+            ranks = target_ranks(scores, targets, split.histories[rows], p)
+            for name, values in per_user_metrics(ranks, ks).items():
+                per_user[p].setdefault(name, []).append(values)
+    per_user = {p: {k: np.concatenate(v) for k, v in m.items()} for p, m in per_user.items()}
+    return {p: summarise(m) for p, m in per_user.items()}, per_user

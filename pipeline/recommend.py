@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.data import DataError, left_pad, make_splits, read_sequences
-from pipeline.evaluate import scorer
-from pipeline.run import top_k
+from pipeline.methods import method
+from pipeline.metrics import top_k
+from pipeline.models.build import load_scorer
 
 
 def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list[dict]:
@@ -25,13 +26,14 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
     if unknown:
         raise DataError(f"unknown item ids {unknown[:5]} (not in {results / 'items.parquet'})")
     counts = None
-    if run["method"] == "popularity":
+    trains = method(run["method"]).trains
+    if not trains:  # popularity
         user_ids, sequences = read_sequences(results / "sequences.parquet")
         counts = make_splits(user_ids, sequences, items.num_rows).item_counts
     model_dir = results / "runs" / run["run"]
-    if run["method"] != "popularity" and not (model_dir / "model.safetensors").exists():
+    if trains and not (model_dir / "model.safetensors").exists():
         raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first")
-    score = scorer(run, items, counts, model_dir)
+    score = load_scorer(run, items, counts, model_dir)
     idx = [index[i] for i in history]
     values, best = top_k(score(left_pad(idx, run["train"]["max_history"])[None, :]), [np.array(idx)], k)
     titles, item_ids = items.column("title").to_pylist(), items.column("item_id").to_pylist()

@@ -9,7 +9,6 @@ their backbones and run them in every step. Writes, complete or not at all:
 Usage: python -m pipeline.train --run JSON --items ITEMS.parquet --sequences SEQ.parquet --out-dir DIR
 (--run is the resolved run from pipeline.config.resolve_run, as the Snakemake rule passes it.)
 """
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -19,45 +18,14 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.cache import CacheError
+from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_json
-from pipeline.models.loss import in_batch_debiased_ce
-from pipeline.run import (
-    all_item_embeddings,
-    build_model,
-    count_parameters,
-    gather,
-    load_caches,
-    model_scores,
-    param_groups,
-    parse_run_arguments,
-    ranking_metrics,
-    run_arguments,
-    run_items,
-)
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def peak_memory_bytes(dev: torch.device) -> int:
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def train_step(model, optimizer, window: torch.Tensor, caches: dict, log_pop: torch.Tensor) -> float:
-    """One optimisation step on training windows [B, L+1]; returns the loss."""
-    unique, inverse = torch.unique(window, return_inverse=True)
-    embs = model.embed_items(unique, gather(caches, unique))[inverse]  # [B, L+1, d]
-    states = model.user_states(embs[:, :-1], window[:, :-1])  # [B, L, d]
-    loss = in_batch_debiased_ce(states, embs, window, log_pop)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+from pipeline.join_captions import run_items
+from pipeline.metrics import ranking_metrics
+from pipeline.models.build import build_model, count_parameters, learning_rates
+from pipeline.models.recommender import train_step
+from pipeline.runtime import device, device_name, parse_run_arguments, peak_memory_bytes, run_arguments
 
 
 def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path, progress: bool = True) -> dict:
@@ -71,17 +39,17 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
     if len(splits.train_windows) == 0:
         raise DataError("no user has 2 training items (4 interactions): nothing to train on")
-    caches = {k: v.to(dev) for k, v in load_caches(run, items).items()}
-    model = build_model(run, splits.num_items, items).to(dev)
-    optimizer = torch.optim.Adam(param_groups(model, t), weight_decay=0.0)
+    model = build_model(run, splits.num_items, items, read_states(run, items)).to(dev)
+    optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
 
     def validation_ndcg() -> dict:
         model.eval()
-        item_embs = all_item_embeddings(model, caches, splits.num_items)
-        summary, _ = ranking_metrics(lambda rows: model_scores(model, item_embs, splits.valid.inputs[rows]).cpu(),
-                                     splits.valid, ks=[10], protocols=["reference"], batch=t["eval_batch_size"])
+        item_embs = model.item_embeddings(splits.num_items)
+        summary, _ = ranking_metrics(
+            lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=dev)).cpu(),
+            splits.valid, ks=[10], protocols=["reference"], batch=t["eval_batch_size"])
         return summary["reference"]
 
     history, best, best_epoch, best_state, stale = [], -1.0, 0, None, 0
@@ -92,7 +60,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         start, losses = time.perf_counter(), []
         order = torch.as_tensor(rng.permutation(len(windows)), device=dev)
         for lo in range(0, len(windows), t["batch_size"]):
-            losses.append(train_step(model, optimizer, windows[order[lo:lo + t["batch_size"]]], caches, log_pop))
+            losses.append(train_step(model, optimizer, windows[order[lo:lo + t["batch_size"]]], log_pop))
         seconds = time.perf_counter() - start
         valid = validation_ndcg()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 3),
@@ -117,7 +85,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         "peak_memory_bytes": peak_memory_bytes(dev),
         "trainable_params": trainable,
         "total_params": total,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(dev),
         "train_windows": len(windows),
         "history": history,
     }

@@ -6,9 +6,9 @@ from conftest import write_sequences
 from pipeline.config import load_config, resolve_run
 from pipeline.data import make_splits, read_sequences
 from pipeline.evaluate import evaluate
-from pipeline.models.loss import in_batch_debiased_ce
+from pipeline.models.build import build_model, learning_rates
+from pipeline.models.recommender import train_step
 from pipeline.models.tuning import HoulsbyAdapter
-from pipeline.run import build_model, param_groups
 from pipeline.train import train
 
 
@@ -23,15 +23,9 @@ def run_for(method, tiny_bert, tiny_vit, **train):
 
 def one_step(model, splits, train_cfg):
     """One optimisation step on a batch of training windows, as pipeline.train takes it."""
-    optimizer = torch.optim.Adam(param_groups(model, train_cfg), weight_decay=0.0)
-    window = torch.as_tensor(splits.train_windows[:8])
-    unique, inverse = torch.unique(window, return_inverse=True)
-    embs = model.embed_items(unique, {})[inverse]
-    states = model.user_states(embs[:, :-1], window[:, :-1])
+    optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(train_cfg)), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(splits.item_counts, dtype=torch.float32).clamp(min=1))
-    loss = in_batch_debiased_ce(states, embs, window, log_pop)
-    loss.backward()
-    optimizer.step()
+    train_step(model, optimizer, torch.as_tensor(splits.train_windows[:8]), log_pop)
 
 
 # What each method may change inside the backbones (parameter-name predicates).
@@ -58,7 +52,7 @@ def test_only_the_intended_backbone_parameters_change(method, tiny_bert, tiny_vi
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     one_step(model, splits, run["train"])
 
-    backbone = {k for k in before if k.startswith("backbones.")}
+    backbone = {k for k in before if k.startswith("towers.")}
     changed = {k for k, v in model.named_parameters() if not torch.equal(before[k], v.detach())}
     trainable = {k for k, v in model.named_parameters() if v.requires_grad}
     assert changed & backbone <= {k for k in backbone if EXPECTED[method](k)}, method
@@ -98,7 +92,7 @@ def test_items_without_a_cover_get_zero_states_as_in_the_cache(tiny_bert, tiny_v
     run = run_for("iisan-uncached", tiny_bert, tiny_vit)
     model = build_model(run, items.num_rows, items)
     with torch.no_grad():
-        states = model.backbones["image"](torch.tensor([0, 2, 3]))  # padding, an item, the coverless item
+        states = model.towers["image"](torch.tensor([0, 2, 3]))  # padding, an item, the coverless item
     assert not states[0].any() and states[1].any() and not states[2].any()
 
 
@@ -129,7 +123,7 @@ def test_a_tuned_text_tower_reads_a_caption_column(tiny_bert, item_table):
     })
     run = resolve_run(cfg, "t", "r")
     model = build_model(run, items.num_rows, items)
-    tower = model.backbones["text"]
+    tower = model.towers["text"]
     assert tower.blank.tolist() == [True] + [i == 3 for i in range(items.num_rows)]
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert["path"])
     assert tokenizer.decode(tower.inputs["input_ids"][2], skip_special_tokens=True) == "a caption of item 1"

@@ -4,7 +4,7 @@ import torch
 from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.models.item_encoder import IISANItemEncoder, ItemEncoderConfig, TowerShape
 from pipeline.models.san import SANB, Gate, InterSAN, IntraSAN
-from pipeline.run import build_model, param_groups
+from pipeline.models.build import build_model, learning_rates
 
 
 def test_gates_start_at_one_half():
@@ -66,7 +66,7 @@ def test_learning_rate_groups():
         "runs": {"r": {"method": "iisan", "text": "t", "image": "v", "layerdrop": "group"}},
     })
     model = build_model(resolve_run(cfg, "d", "r"), num_items=5)
-    groups = {g["name"]: g for g in param_groups(model, cfg["train"])}
+    groups = {g["name"]: g for g in model.optimizer_groups(learning_rates(cfg["train"]))}
     names = {id(p): n for n, p in model.named_parameters()}
     text_names = {names[id(p)] for p in groups["text"]["params"]}
     image_names = {names[id(p)] for p in groups["image"]["params"]}
@@ -120,7 +120,7 @@ def test_without_learned_gates_only_the_gates_stay_put():
     before = {k: v.clone() for k, v in model.named_parameters()}
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     states = {"text": torch.randn(5, 3, 16), "image": torch.randn(5, 2, 8)}
-    model.embed_items(torch.arange(1, 6), states).pow(2).sum().backward()
+    model.item_encoder(torch.arange(1, 6), states).pow(2).sum().backward()
     optimizer.step()
     for name, p in model.item_encoder.named_parameters():
         moved = not torch.equal(before[f"item_encoder.{name}"], p)

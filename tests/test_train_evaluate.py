@@ -12,7 +12,7 @@ from pipeline.data import DataError
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
 from pipeline.recommend import recommend
-from pipeline.run import build_model
+from pipeline.models.build import build_model
 from pipeline.train import train
 
 

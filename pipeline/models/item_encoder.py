@@ -27,7 +27,10 @@ class ItemEncoderConfig:
 
 
 class IISANItemEncoder(nn.Module):
-    """e_item = FL([e_image : e_inter : e_text]) (eq. 1); each e is Linear(tower output -> d)."""
+    """e_item = FL([e_image : e_inter : e_text]) (eq. 1); each e is Linear(tower output -> d).
+
+    Learning-rate groups (`lr_group`): each intra tower and its head in its modality's group, the
+    inter tower and its head in `image`; the fusion layer in `user`."""
 
     def __init__(self, cfg: ItemEncoderConfig):
         super().__init__()
@@ -39,11 +42,13 @@ class IISANItemEncoder(nn.Module):
             if shape and cfg.intra:
                 self.intra[name] = IntraSAN(shape.num_states, shape.dim, cfg.sanb_dim, cfg.gate_temperature)
                 self.heads[name] = nn.Linear(shape.dim, cfg.embed_dim)
+                self.intra[name].lr_group = self.heads[name].lr_group = name
         self.inter = None
         if cfg.text and cfg.image and cfg.inter:
             states = min(cfg.text.num_states, cfg.image.num_states)
             self.inter = InterSAN(states, cfg.text.dim, cfg.image.dim, cfg.sanb_dim, cfg.gate_temperature)
             self.heads["inter"] = nn.Linear(self.inter.dim, cfg.embed_dim)
+            self.inter.lr_group = self.heads["inter"].lr_group = "image"
         if not self.heads:
             raise ValueError("the item encoder has no tower")
         self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
@@ -74,6 +79,8 @@ class FrozenItemEncoder(nn.Module):
             name: nn.Linear(getattr(cfg, name).dim, cfg.embed_dim)
             for name in ("image", "text") if getattr(cfg, name)
         })
+        for name, head in self.heads.items():
+            head.lr_group = name
         self.fusion = nn.Linear(len(self.heads) * cfg.embed_dim, cfg.embed_dim)
 
     def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -43,6 +43,8 @@ def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> tu
 class LiveTower(nn.Module):
     """One modality's backbone, adapted by `method` (see tuning.py), pooled at the kept states."""
 
+    max_batch = 256  # items per forward pass when every item is embedded (evaluation)
+
     def __init__(self, settings: dict, states: list[int], records: list[dict], method: str):
         super().__init__()
         backbone = Backbone(settings, states)

@@ -1,28 +1,76 @@
-"""Item encoder + SASRec user encoder; score(user, item) = <user state, item embedding>."""
+"""The recommender: towers -> item encoder -> user encoder; score(user, item) = <user state, item>.
+
+Like RecBole's model classes it owns its loss (calculate_loss), its full ranking
+(item_embeddings + full_sort_predict) and its optimiser groups (each module declares its
+learning-rate group with an `lr_group` attribute; undeclared modules are in `user`).
+"""
 import torch
 from torch import nn
 
-from pipeline.models.gru_encoder import GRUUserEncoder
-from pipeline.models.user_encoder import UserEncoder, UserEncoderConfig
+from pipeline.models.loss import in_batch_debiased_ce
 
 
 class Recommender(nn.Module):
-    """backbones: towers run in the loop (uncached methods); without them the item encoder reads
-    the cached states it is given."""
-
-    def __init__(self, item_encoder: nn.Module, user_cfg: UserEncoderConfig, user_encoder: str = "sasrec",
-                 backbones: nn.ModuleDict | None = None):
+    def __init__(self, item_encoder: nn.Module, user_encoder: nn.Module, towers: nn.ModuleDict | None = None):
         super().__init__()
-        self.backbones = backbones
+        # {tower: item ids [B] -> kept states [B, K, D]}: cached (CachedTower) or backbones in the
+        # loop (LiveTower); empty for the ID baselines, or before a cached run's caches are attached.
+        self.towers = towers if towers is not None else nn.ModuleDict()
         self.item_encoder = item_encoder
-        self.user_encoder = {"sasrec": UserEncoder, "gru": GRUUserEncoder}[user_encoder](user_cfg)
+        self.user_encoder = user_encoder
 
-    def embed_items(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:
-        # ids [B], states {tower: [B, K, D]} (cached, or computed here by the backbones) -> [B, d]
-        if self.backbones is not None:
-            states = {name: tower(ids) for name, tower in self.backbones.items()}
-        return self.item_encoder(ids, states)
+    def embed_items(self, ids: torch.Tensor) -> torch.Tensor:  # [B] -> [B, d]
+        return self.item_encoder(ids, {name: tower(ids) for name, tower in self.towers.items()})
 
     def user_states(self, item_embs: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         # item_embs [B, L, d] of the left-padded sequence `items` [B, L] -> [B, L, d]
         return self.user_encoder(item_embs, items != 0)
+
+    def calculate_loss(self, windows: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
+        """In-batch debiased cross-entropy of training windows [B, L+1] (each item embedded once)."""
+        unique, inverse = torch.unique(windows, return_inverse=True)
+        embs = self.embed_items(unique)[inverse]  # [B, L+1, d]
+        states = self.user_states(embs[:, :-1], windows[:, :-1])  # [B, L, d]
+        return in_batch_debiased_ce(states, embs, windows, log_pop)
+
+    @torch.no_grad()
+    def item_embeddings(self, num_items: int, batch: int = 4096) -> torch.Tensor:
+        """Every item's embedding [N+1, d], row 0 = padding."""
+        batch = min([batch] + [getattr(t, "max_batch", batch) for t in self.towers.values()])
+        ids = torch.arange(num_items + 1, device=self.device)
+        return torch.cat([self.embed_items(ids[i:i + batch]) for i in range(0, len(ids), batch)])
+
+    @torch.no_grad()
+    def full_sort_predict(self, item_embs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Left-padded histories [U, L] -> scores [U, N+1] of every item, from the last position's state."""
+        states = self.user_states(item_embs[inputs], inputs)[:, -1]  # [U, d]
+        return states @ item_embs.T
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def optimizer_groups(self, lrs: dict[str, float]) -> list[dict]:
+        """Trainable parameters by the learning-rate group of the nearest module declaring one."""
+        groups: dict[str, list] = {}
+
+        def visit(module: nn.Module, group: str):
+            group = getattr(module, "lr_group", group)
+            for p in module.parameters(recurse=False):
+                if p.requires_grad:
+                    groups.setdefault(group, []).append(p)
+            for child in module.children():
+                visit(child, group)
+
+        visit(self, "user")
+        return [{"params": ps, "lr": lrs[g], "name": g} for g, ps in groups.items()]
+
+
+def train_step(model: Recommender, optimizer: torch.optim.Optimizer, windows: torch.Tensor,
+               log_pop: torch.Tensor) -> float:
+    """One optimisation step on training windows [B, L+1]; returns the loss."""
+    loss = model.calculate_loss(windows, log_pop)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()

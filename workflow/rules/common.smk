@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import yaml
 
 from pipeline.config import (
-    CONTENT_METHODS,
     UNSTORED_KEYS,
     ConfigError,
     caption_path,
@@ -16,7 +15,7 @@ from pipeline.config import (
     raw_paths,
     resolve_run,
 )
-from pipeline.layerdrop import tag as states_tag
+from pipeline.methods import method
 
 # Config errors name the file and line that set the key: the --configfile files (the last
 # one wins) before the Snakefile's own configfile.
@@ -157,7 +156,7 @@ def run_gpus(wildcards):
     if wildcards.run not in CFG["runs"]:
         return 0
     run = CFG["runs"][wildcards.run]
-    towers = [run.get(t) for t in ("text", "image")] if run["method"] in CONTENT_METHODS else []
+    towers = [run.get(t) for t in ("text", "image")] if method(run["method"]).content else []
     return int(any(CFG["encoders"][e]["gpus"] > 0 for e in towers if e))
 
 
@@ -205,7 +204,7 @@ def tables(dataset):
 
 def evaluate_inputs(wildcards):
     files = tables(wildcards.dataset)
-    if CFG["runs"][wildcards.run]["method"] != "popularity":
+    if method(CFG["runs"][wildcards.run]["method"]).trains:
         files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
         files["caches"] = run_caches(wildcards)
     return files

@@ -1,5 +1,3 @@
-
-
 rule encode:
     """Frozen forward passes over all items; only the kept states go into the Zarr store.
 
@@ -20,6 +18,7 @@ rule encode:
         chunk_items=CFG["encode"]["chunk_items"],
         missing_image=CFG["encode"]["missing_image"],
         captions=captions_arg,
+        part="",  # encode_shard: --shard I N; gather_shards: --gather PART ...
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.log",
     benchmark:
@@ -35,15 +34,14 @@ rule encode:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
-        "--threads {threads} --device-map {resources.device_map} --out {output} > {log} 2>&1"
+        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {output} "
+        "> {log} 2>&1"
 
 
-rule encode_shard:
-    """One shard of a sharded encode: a part store with a chunk-aligned range of the item rows,
-    resumable like a whole store. Deleted once gather_shards has assembled the store."""
-    input:
-        unpack(encoder_inputs),
+use rule encode as encode_shard with:
+    # One shard of a sharded encode: a part store with a chunk-aligned range of the item rows,
+    # resumable like a whole store. Deleted once gather_shards has assembled the store.
     output:
         temp(directory("results/{dataset}/cache/parts/{encoder}{read}.{states}.part{shard}of{shards}.zarr")),
     wildcard_constraints:
@@ -51,55 +49,29 @@ rule encode_shard:
         shard=r"\d+",
         shards=r"\d+",
     params:
-        settings=encoder_settings,
-        states=kept_states_arg,
-        chunk_items=CFG["encode"]["chunk_items"],
-        missing_image=CFG["encode"]["missing_image"],
-        captions=captions_arg,
+        part=lambda w: f"--shard {w.shard} {w.shards}",
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.log",
     benchmark:
         "results/benchmarks/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.tsv"
-    threads: CFG["encode"]["threads"]
-    resources:
-        cpus_per_gpu=8,  # applies to a job only when it asks for a GPU
-        gpu=entry_resource(encoder, "gpus"),
-        mem_mb=entry_resource(encoder, "mem_mb", grows=True),
-        runtime=entry_resource(encoder, "runtime", grows=True),
-        device_map=device_map(encoder),
-    conda:
-        "../../envs/models.yaml"
-    shell:
-        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
-        "--threads {threads} --device-map {resources.device_map} --shard {wildcards.shard} {wildcards.shards} --out {output} > {log} 2>&1"
 
 
-rule gather_shards:
-    """Assemble a sharded encode's parts into the store, after checking that every part was written
-    for this request and that together they hold every item row once."""
+use rule encode as gather_shards with:
+    # Assemble a sharded encode's parts into the store, after checking that every part was written
+    # for this request and that together they hold every item row once.
     input:
         unpack(encoder_inputs),
         parts=shard_parts,
-    output:
-        directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards > 1),
     params:
-        settings=encoder_settings,
-        states=kept_states_arg,
-        chunk_items=CFG["encode"]["chunk_items"],
-        missing_image=CFG["encode"]["missing_image"],
-        captions=captions_arg,
+        part=lambda w, input: "--gather " + " ".join(input.parts),
     log:
         "results/logs/{dataset}/gather.{encoder}{read}.{states}.log",
+    benchmark:
+        "results/benchmarks/{dataset}/gather.{encoder}{read}.{states}.tsv"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
-    conda:
-        "../../envs/models.yaml"
-    shell:
-        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} {params.captions} "
-        "--gather {input.parts} --out {output} > {log} 2>&1"
+        device_map="none",

@@ -1,0 +1,78 @@
+"""The method registry: what each `runs.<name>.method` is made of.
+
+Config validation, model building, evaluation and the Snakemake rules all read this table, so a
+method is added here (plus its modules) and nowhere else. A method is a choice of
+- item encoder: `iisan` (intra- and inter-modal SANs over the kept states), `last_state` (each
+  tower's last kept state -> a head; the frozen backbone and the tuned baselines), `id` (learned
+  item-ID embeddings), or none;
+- user encoder: `sasrec` or `gru`, or none (a method that does not train);
+- where the towers' states come from: the Zarr caches (`adapt` None), or backbones run inside
+  every training step and adapted by `adapt` (pipeline/models/tuning.py: frozen, fft, bitfit,
+  lora, adapter);
+- which states a tower keeps: the run's LayerDrop selection, or only the last one.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    description: str
+    item_encoder: str | None = None  # iisan | last_state | id | None
+    user_encoder: str | None = None  # sasrec | gru | None (nothing trains)
+    adapt: str | None = None  # backbones in the loop, adapted so; None = cached states (content methods)
+    last_state_only: bool = False  # keep only each tower's last state (not the LayerDrop selection)
+
+    @property
+    def trains(self) -> bool:
+        return self.user_encoder is not None
+
+    @property
+    def content(self) -> bool:
+        """Reads text and image towers (cached or in the loop)."""
+        return self.item_encoder in ("iisan", "last_state")
+
+    @property
+    def cached(self) -> bool:
+        return self.content and self.adapt is None
+
+    @property
+    def uncached(self) -> bool:
+        return self.content and self.adapt is not None
+
+    @property
+    def tunes_backbone(self) -> bool:
+        """Trains weights inside its backbones (they must load in float32, unquantised)."""
+        return self.adapt not in (None, "frozen")
+
+
+def _tuned(adapt: str, what: str) -> Method:
+    return Method(f"uncached: {what}; each tower's last state -> heads, as frozen", "last_state", "sasrec",
+                  adapt=adapt, last_state_only=True)
+
+
+METHODS = {
+    "iisan": Method("intra- and inter-modal SANs on the cached kept states (IISAN-Versa)", "iisan", "sasrec"),
+    "frozen": Method("the last cached state of each tower -> heads; only heads and user encoder train",
+                     "last_state", "sasrec"),
+    "sasrec-id": Method("the SASRec user encoder over learned item-ID embeddings (IDRec)", "id", "sasrec"),
+    "gru4rec-id": Method("a GRU user encoder over learned item-ID embeddings (GRU4Rec)", "id", "gru"),
+    "popularity": Method("ranking by training counts; nothing trains"),
+    "fft": _tuned("fft", "every backbone weight trains (full fine-tuning)"),
+    "adapter": _tuned("adapter", "Houlsby adapters in the backbones train"),
+    "lora": _tuned("lora", "rank-8 LoRA on the attention projections (peft) trains"),
+    "bitfit": _tuned("bitfit", "the backbones' biases train"),
+    "iisan-uncached": Method("IISAN with its frozen backbones in the loop instead of caches", "iisan", "sasrec",
+                             adapt="frozen"),
+}
+
+
+def method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)})") from None
+
+
+def schema_description() -> str:
+    """The `runs.<name>.method` documentation, from the table above."""
+    return "; ".join(f"{name} = {m.description}" for name, m in METHODS.items()) + "."

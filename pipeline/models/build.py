@@ -1,0 +1,84 @@
+"""A resolved run (pipeline.config.resolve_run) -> its Recommender, as the method registry says."""
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pipeline.cache import item_columns, read_states
+from pipeline.methods import method
+from pipeline.models.cached import CachedTower
+from pipeline.models.gru_encoder import GRUUserEncoder
+from pipeline.models.item_encoder import (
+    FrozenItemEncoder,
+    IDItemEncoder,
+    IISANItemEncoder,
+    ItemEncoderConfig,
+    TowerShape,
+)
+from pipeline.models.recommender import Recommender
+from pipeline.models.user_encoder import UserEncoder, UserEncoderConfig
+from pipeline.runtime import device
+
+USER_ENCODERS = {"sasrec": UserEncoder, "gru": GRUUserEncoder}
+
+
+def build_model(run: dict, num_items: int, items: pa.Table | None = None,
+                caches: dict[str, torch.Tensor] | None = None) -> Recommender:
+    """The run's model. Cached methods read `caches` ({tower: states [N+1, K, D]}; without them
+    the model can load its weights but not embed items); uncached methods load their backbones
+    and prepare `items`' inputs."""
+    m = method(run["method"])
+    if not m.trains:
+        raise ValueError(f"method '{run['method']}' has no model")
+    t = run["train"]
+    shapes = {name: TowerShape(len(tower["kept_states"]), tower["hidden_size"])
+              for name, tower in run["towers"].items()}
+    ablate = run.get("ablate", [])
+    item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
+                                 sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
+                                 intra="intra" not in ablate, inter="inter" not in ablate,
+                                 learn_gates="gate" not in ablate)
+    item_encoder = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder}.get(m.item_encoder)
+    item_encoder = IDItemEncoder(num_items, t["embed_dim"]) if m.item_encoder == "id" else item_encoder(item_cfg)
+
+    towers = nn.ModuleDict()
+    if m.uncached:
+        if items is None:
+            raise ValueError(f"method '{run['method']}' runs its backbones: build_model needs the item table")
+        from pipeline.models.live import LiveTower  # transformers is imported only where backbones run
+
+        for name, tower in run["towers"].items():
+            records = items.select(item_columns(tower["settings"])).to_pylist()
+            towers[name] = LiveTower(tower["settings"], tower["kept_states"], records, m.adapt)
+            towers[name].lr_group = name
+    elif caches is not None:
+        towers.update({name: CachedTower(states) for name, states in caches.items()})
+
+    user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
+                                 max_len=t["max_history"], dropout=t["dropout"])
+    return Recommender(item_encoder, USER_ENCODERS[m.user_encoder](user_cfg), towers)
+
+
+def learning_rates(t: dict) -> dict[str, float]:
+    """The learning rate of each group a module can declare (Recommender.optimizer_groups)."""
+    return {"user": t["lr_user"], "image": t["lr_image"], "text": t["lr_text"]}
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None):
+    """A function: left-padded histories [U, L] (numpy) -> scores [U, N+1] (CPU), for a trained
+    run (its caches and model_dir/model.safetensors) or popularity (training counts)."""
+    if not method(run["method"]).trains:  # popularity
+        counts = torch.as_tensor(item_counts, dtype=torch.float32)
+        return lambda inputs: counts.expand(len(inputs), -1)
+    model = build_model(run, items.num_rows, items, read_states(run, items)).to(device())
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
+    model.eval()
+    item_embs = model.item_embeddings(items.num_rows)
+    return lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=item_embs.device)).cpu()
