@@ -14,8 +14,19 @@ class EvalSplit:
     """One evaluation target per user: the encoder input, the full history before it, the target."""
     user_ids: list[str]
     inputs: np.ndarray  # [U, max_history] item indices, left padded with 0
-    histories: list[np.ndarray]  # every item before the target (masked in ranking)
+    histories: list[np.ndarray]  # every item before the target, in order
     targets: np.ndarray  # [U]
+    seen: np.ndarray  # [U, H] int32: each history's distinct items (masked in ranking), 0-padded
+
+
+    def sample(self, n: int | None, seed: int) -> "EvalSplit":
+        """n users drawn without replacement (seeded), in their original order; all when n is None
+        or not smaller than the split."""
+        if n is None or n >= len(self.targets):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self.targets), size=n, replace=False))
+        return EvalSplit([self.user_ids[r] for r in rows], self.inputs[rows], [self.histories[r] for r in rows],
+                         self.targets[rows], self.seen[rows])
 
 
 @dataclass
@@ -30,6 +41,18 @@ class Splits:
 def left_pad(seq, length: int) -> np.ndarray:
     seq = list(seq)[-length:]
     return np.array([0] * (length - len(seq)) + seq, dtype=np.int64)
+
+
+def seen_matrix(histories: list[np.ndarray]) -> np.ndarray:
+    """The distinct items of each history as rows of an int32 matrix [U, H], 0-padded."""
+    distinct = [np.unique(h) for h in histories]
+    lengths = np.array([len(h) for h in distinct], dtype=np.int64)
+    out = np.zeros((len(distinct), max(1, int(lengths.max(initial=0)))), dtype=np.int32)
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(distinct)), lengths)
+        cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[rows, cols] = np.concatenate(distinct)
+    return out
 
 
 def read_sequences(path) -> tuple[list[str], list[list[int]]]:
@@ -56,6 +79,7 @@ def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int,
             inputs=np.stack([left_pad(h, max_history) for h in histories]),
             histories=histories,
             targets=np.array([s[len(s) - offset] for s in sequences], dtype=np.int64),
+            seen=seen_matrix(histories),
         )
 
     windows = np.stack(windows) if windows else np.zeros((0, max_history + 1), dtype=np.int64)

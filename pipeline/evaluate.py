@@ -19,10 +19,11 @@ from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, read_json, write_json
 from pipeline.join_captions import run_items
 from pipeline.methods import method
-from pipeline.metrics import PROTOCOLS, ranking_metrics, top_k
+from pipeline.metrics import PROTOCOLS, Ranking, rank_split
 from pipeline.models.build import load_scorer
 from pipeline.runtime import parse_run_arguments, run_arguments, versions
 
+TOP_K = 10  # recommendations per test user in {run}.topk.parquet
 
 def text_column(tower: dict) -> dict:
     """{"column": ...} for a text tower (title unless it reads a caption), {} for an image tower."""
@@ -30,14 +31,9 @@ def text_column(tower: dict) -> dict:
     return {"column": tower.get("column", "title")} if modality == "text" else {}
 
 
-def top_k_table(score, split, items, k: int, batch: int) -> pa.Table:
-    """The k best items per user, history excluded: user_id, rank, item_idx, item_id, title, score."""
-    rows = []
-    for lo in range(0, len(split.targets), batch):
-        values, indices = top_k(score(split.inputs[lo:lo + batch]), split.histories[lo:lo + batch], k)
-        rows.append((values.numpy(), indices.numpy()))
-    values = np.concatenate([v for v, _ in rows])  # [U, k]
-    indices = np.concatenate([i for _, i in rows])
+def top_k_table(ranking: Ranking, split, items) -> pa.Table:
+    """Each user's best items, history excluded: user_id, rank, item_idx, item_id, title, score."""
+    values, indices = ranking.top_scores, ranking.top_items  # [U, k]
     real = np.isfinite(values)  # fewer than k candidates left once a long history is excluded
     item_ids, titles = items.column("item_id").to_pylist(), items.column("title").to_pylist()
     flat = indices[real]
@@ -61,13 +57,14 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
 
     metrics, tables = {p: {} for p in PROTOCOLS}, []
     for name, split in (("valid", splits.valid), ("test", splits.test)):
-        summary, per_user = ranking_metrics(score, split, ks, PROTOCOLS, batch=batch)
+        top = TOP_K if name == "test" and topk_parquet else 0
+        ranking = rank_split(score, split, items.num_rows, ks, PROTOCOLS, batch=batch, top=top)
         for protocol in PROTOCOLS:
-            metrics[protocol][name] = summary[protocol]
+            metrics[protocol][name] = ranking.summary[protocol]
             tables.append(pa.table({
                 "user_id": split.user_ids, "split": [name] * len(split.targets),
                 "protocol": [protocol] * len(split.targets), "target": split.targets,
-                **per_user[protocol],
+                **ranking.per_user[protocol],
             }))
 
     log = read_json(model_dir / "train_log.json") if model_dir else {}
@@ -101,7 +98,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         pq.write_table(pa.concat_tables(tables), tmp)
     if topk_parquet:
         with atomic_path(topk_parquet) as tmp:
-            pq.write_table(top_k_table(score, splits.test, items, 10, batch), tmp)
+            pq.write_table(top_k_table(ranking, splits.test, items), tmp)
     write_json(out_json, result)
     return result
 

@@ -1,4 +1,4 @@
-"""Full-ranking metrics: rank of the target among all items, HR@k and NDCG@k per user.
+"""Full ranking: rank of the target among all items, HR@k and NDCG@k per user, top-k lists.
 
 Ties are counted against the target (pessimistic), so a constant scorer earns nothing.
 Two protocols for history masking:
@@ -6,6 +6,7 @@ Two protocols for history masking:
   item is therefore a miss (rank = inf), as in the reference implementation;
 - repeat_aware: history items are excluded except the target itself.
 """
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -14,32 +15,36 @@ import torch
 PROTOCOLS = ("reference", "repeat_aware")
 
 
-def history_mask(histories: list, shape: tuple) -> torch.Tensor:
-    """Bool [U, N+1], True where item i is in user u's history."""
-    mask = torch.zeros(shape, dtype=torch.bool)
-    for u, history in enumerate(histories):
-        mask[u, torch.as_tensor(history, dtype=torch.long)] = True
-    return mask
+# Scores of one block of users are held at once: [users, N+1] float32 within this budget, so a
+# large catalogue is ranked in smaller blocks of users (at least one).
+BLOCK_BYTES = 256 * 2**20
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, histories: list, protocol: str) -> torch.Tensor:
-    """scores [U, N+1] (column 0 = padding), targets [U] -> 1-based ranks [U] (inf for a miss)."""
-    scores = scores.clone().float()
-    scores[:, 0] = -torch.inf
-    target_scores = scores.gather(1, targets[:, None]).squeeze(1)  # [U]
-    hidden = history_mask(histories, scores.shape)
-    target_hidden = hidden.gather(1, targets[:, None]).squeeze(1)
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scores [U, N+1] (column 0 = padding), targets [U], seen [U, H] (each user's distinct
+    history items, 0-padded) -> the target's 1-based rank [U] (float64, inf for a non-finite
+    target score) among the items outside the history, and whether the target is in it [U].
+
+    One comparison pass over the scores: every item scoring at least the target's (the target
+    included, ties against it) is counted, then padding and the history items other than the
+    target, gathered, are taken back out. Both protocols share these ranks."""
+    t = scores.gather(1, targets[:, None])  # [U, 1]
+    at_least = (scores >= t).sum(1)  # the target itself, ties and items ahead
+    target_seen = seen == targets[:, None]  # [U, H]
+    others = seen.masked_fill(target_seen, 0)  # history items other than the target, 0 = none
+    hidden = ((scores.gather(1, others) >= t) & (others != 0)).sum(1) + (scores[:, 0] >= t[:, 0])
+    ranks = (at_least - hidden).double()
+    ranks[~torch.isfinite(t[:, 0])] = torch.inf
+    return ranks, target_seen.any(1)
+
+
+def protocol_ranks(ranks: torch.Tensor, target_seen: torch.Tensor, protocol: str) -> torch.Tensor:
+    """reference: a target that repeats a history item is a miss; repeat_aware: ranked as is."""
+    if protocol == "reference":
+        return ranks.masked_fill(target_seen, torch.inf)
     if protocol == "repeat_aware":
-        hidden.scatter_(1, targets[:, None], False)
-        target_hidden[:] = False
-    elif protocol != "reference":
-        raise ValueError(f"unknown protocol {protocol!r}")
-    scores[hidden] = -torch.inf
-    ahead = (scores > target_scores[:, None]).sum(1)
-    tied = (scores == target_scores[:, None]).sum(1) - 1  # the target ties with itself
-    ranks = (1 + ahead + tied).double()
-    ranks[target_hidden | ~torch.isfinite(target_scores)] = torch.inf
-    return ranks
+        return ranks
+    raise ValueError(f"unknown protocol {protocol!r}")
 
 
 def per_user_metrics(ranks: torch.Tensor, ks) -> dict[str, np.ndarray]:
@@ -55,25 +60,46 @@ def summarise(per_user: dict[str, np.ndarray]) -> dict[str, float]:
     return {name: float(values.mean()) for name, values in per_user.items()}
 
 
-def top_k(scores: torch.Tensor, histories: list, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best k items per row of scores [U, N+1], excluding padding and each user's history."""
-    scores = scores.detach().cpu().float().clone()
+def top_k(scores: torch.Tensor, seen: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best k items per row of scores [U, N+1] outside padding and each user's history (seen
+    [U, H], 0-padded): values and item indices [U, k]. Overwrites `scores`."""
+    scores.scatter_(1, seen, -torch.inf)  # the history; its 0-padding hides column 0 as well
     scores[:, 0] = -torch.inf
-    scores[history_mask(histories, scores.shape)] = -torch.inf
-    return scores.topk(min(k, scores.shape[1] - 1), dim=1)  # values, item indices [U, k]
+    return scores.topk(min(k, scores.shape[1] - 1), dim=1)
 
 
-def ranking_metrics(score_fn: Callable, split, ks, protocols, batch: int = 1024) -> tuple[dict, dict]:
-    """Summary and per-user metrics of an evaluation split (pipeline.data.EvalSplit) for every
-    protocol; score_fn(inputs [U, L]) -> scores [U, N+1]."""
-    per_user = {p: {} for p in protocols}
+@dataclass
+class Ranking:
+    summary: dict  # {protocol: {metric: mean over users}}
+    per_user: dict  # {protocol: {metric: [U]}}
+    top_scores: np.ndarray | None = None  # [U, top]; -inf where fewer items were left
+    top_items: np.ndarray | None = None  # [U, top] item indices
+
+
+def rank_split(score_fn: Callable, split, num_items: int, ks, protocols, batch: int = 1024,
+               top: int = 0) -> Ranking:
+    """Rank every user of an evaluation split (pipeline.data.EvalSplit) in one scoring pass:
+    metrics for each protocol and, with `top`, each user's best unseen items.
+
+    score_fn(inputs [U, L] numpy) -> scores [U, N+1] on any device; blocks of at most `batch`
+    users, fewer where their scores would exceed BLOCK_BYTES."""
+    batch = max(1, min(batch, BLOCK_BYTES // (4 * (num_items + 1))))
+    ranks, seen_targets, tops = [], [], []
     for lo in range(0, len(split.targets), batch):
-        rows = slice(lo, lo + batch)
-        scores = score_fn(split.inputs[rows])
-        targets = torch.as_tensor(split.targets[rows])
-        for p in protocols:
-            ranks = target_ranks(scores, targets, split.histories[rows], p)
-            for name, values in per_user_metrics(ranks, ks).items():
-                per_user[p].setdefault(name, []).append(values)
-    per_user = {p: {k: np.concatenate(v) for k, v in m.items()} for p, m in per_user.items()}
-    return {p: summarise(m) for p, m in per_user.items()}, per_user
+        scores = score_fn(split.inputs[lo:lo + batch]).float()
+        dev = scores.device
+        targets = torch.as_tensor(split.targets[lo:lo + batch], device=dev)
+        seen = torch.as_tensor(split.seen[lo:lo + batch], dtype=torch.int64, device=dev)
+        r, s = target_ranks(scores, targets, seen)
+        ranks.append(r.cpu())
+        seen_targets.append(s.cpu())
+        if top:
+            values, items = top_k(scores, seen, top)
+            tops.append((values.cpu().numpy(), items.cpu().numpy()))
+    ranks, seen_targets = torch.cat(ranks), torch.cat(seen_targets)
+    per_user = {p: per_user_metrics(protocol_ranks(ranks, seen_targets, p), ks) for p in protocols}
+    ranking = Ranking({p: summarise(m) for p, m in per_user.items()}, per_user)
+    if top:
+        ranking.top_scores = np.concatenate([v for v, _ in tops])
+        ranking.top_items = np.concatenate([i for _, i in tops])
+    return ranking

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_config, resolve_run
-from pipeline.data import DataError, left_pad, make_splits, read_sequences
+from pipeline.data import DataError, left_pad, make_splits, read_sequences, seen_matrix
 from pipeline.methods import method
 from pipeline.metrics import top_k
 from pipeline.models.build import load_scorer
@@ -35,7 +36,9 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
         raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first")
     score = load_scorer(run, items, counts, model_dir)
     idx = [index[i] for i in history]
-    values, best = top_k(score(left_pad(idx, run["train"]["max_history"])[None, :]), [np.array(idx)], k)
+    scores = score(left_pad(idx, run["train"]["max_history"])[None, :]).float()
+    seen = torch.as_tensor(seen_matrix([np.array(idx)]), dtype=torch.int64, device=scores.device)
+    values, best = (t.cpu() for t in top_k(scores, seen, k))
     titles, item_ids = items.column("title").to_pylist(), items.column("item_id").to_pylist()
     return [{"rank": r, "item_id": item_ids[i - 1], "title": titles[i - 1], "score": float(v)}
             for r, (v, i) in enumerate(zip(values[0].tolist(), best[0].tolist()), start=1) if np.isfinite(v)]

@@ -22,7 +22,7 @@ from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_json
 from pipeline.join_captions import run_items
-from pipeline.metrics import ranking_metrics
+from pipeline.metrics import rank_split
 from pipeline.models.build import build_model, count_parameters, learning_rates
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, device_name, parse_run_arguments, peak_memory_bytes, run_arguments
@@ -44,13 +44,15 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
 
+    valid_split = splits.valid.sample(t["validate_users"], t["seed"])
+
     def validation_ndcg() -> dict:
         model.eval()
         item_embs = model.item_embeddings(splits.num_items)
-        summary, _ = ranking_metrics(
-            lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=dev)).cpu(),
-            splits.valid, ks=[10], protocols=["reference"], batch=t["eval_batch_size"])
-        return summary["reference"]
+        ranking = rank_split(lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=dev)),
+                             valid_split, splits.num_items, ks=[10], protocols=["reference"],
+                             batch=t["eval_batch_size"])
+        return ranking.summary["reference"]
 
     history, best, best_epoch, best_state, stale = [], -1.0, 0, None, 0
     epochs = tqdm(range(1, t["max_epochs"] + 1), desc=f"train {run['dataset']}/{run['run']}",
@@ -64,6 +66,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         seconds = time.perf_counter() - start
         valid = validation_ndcg()
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": round(seconds, 3),
+                        "valid_seconds": round(time.perf_counter() - start - seconds, 3),
                         "valid_hr@10": valid["hr@10"], "valid_ndcg@10": valid["ndcg@10"]})
         epochs.set_postfix(loss=f"{history[-1]['loss']:.3f}", ndcg10=f"{valid['ndcg@10']:.4f}", best=best_epoch)
         if valid["ndcg@10"] > best:

@@ -30,3 +30,12 @@ def test_efficiency_bench_runs_at_smoke_scale(tmp_path):
     by = {r["run"]: r for r in report["rows"]}
     assert by["iisan-vs"]["time_ratio"] == 1.0 and by["fft"]["trainable_params"] > by["lora"]["trainable_params"]
     assert (tmp_path / "efficiency.smoke.png").exists() and (tmp_path / "efficiency.smoke.csv").exists()
+
+
+def test_rank_bench_prints_its_ratio(tmp_path):
+    done = subprocess.run([sys.executable, "bench/rank_throughput.py", "--data", str(tmp_path / "absent"),
+                           "--microlens-users", "500", "--repeats", "1", "--out", str(tmp_path)],
+                          cwd=REPO, check=True, capture_output=True, text=True)
+    ratio = float(done.stdout.strip().splitlines()[-1].removeprefix("ratio: "))
+    rows = json.loads((tmp_path / "rank_throughput.json").read_text())["rows"]
+    assert [r["users"] for r in rows] == [500, 12076] and rows[-1]["ratio"] == ratio > 0

@@ -4,12 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import per_user_metrics, summarise, target_ranks
+from pipeline.data import seen_matrix
+from pipeline.metrics import per_user_metrics, protocol_ranks, summarise, target_ranks, top_k
+
+
+def batch_ranks(scores, targets, histories, protocol="reference"):
+    seen = torch.as_tensor(seen_matrix([np.array(h, dtype=np.int64) for h in histories]), dtype=torch.int64)
+    return protocol_ranks(*target_ranks(torch.as_tensor(scores, dtype=torch.float32), torch.as_tensor(targets), seen),
+                          protocol)
 
 
 def ranks(scores, target, history=(), protocol="reference"):
-    return target_ranks(torch.tensor([scores], dtype=torch.float32), torch.tensor([target]),
-                        [np.array(history, dtype=np.int64)], protocol)[0].item()
+    return batch_ranks([scores], [target], [history], protocol)[0].item()
 
 
 def test_rank_counts_items_scored_higher():
@@ -46,11 +52,48 @@ def test_hr_and_ndcg_by_hand():
 
 
 def test_batch_of_users():
-    scores = torch.tensor([[0, 3.0, 2.0, 1.0], [0, 1.0, 2.0, 3.0]])
-    r = target_ranks(scores, torch.tensor([3, 3]), [np.array([1]), np.array([2])], "reference")
+    r = batch_ranks([[0, 3.0, 2.0, 1.0], [0, 1.0, 2.0, 3.0]], [3, 3], [[1], [2]])
     assert r.tolist() == [2.0, 1.0]
 
 
 def test_unknown_protocol():
     with pytest.raises(ValueError):
         ranks([0, 1.0], target=1, protocol="optimistic")
+
+
+def test_repeated_history_items_are_excluded_once():
+    # item 1 twice in the history, item 2 scores higher than the target too
+    assert ranks([0, 5.0, 4.0, 1.0, 0.5], target=3, history=[1, 1, 4]) == 2
+
+
+def test_non_finite_target_score_is_a_miss():
+    assert math.isinf(ranks([0, float("nan"), 1.0], target=1))
+
+
+def brute_force_ranks(scores, targets, histories, protocol):
+    """The definition, one user at a time: 1 + items outside padding and the history (but the
+    target, for repeat-aware) scoring at least the target's, other than the target itself."""
+    out = []
+    for s, t, h in zip(scores.tolist(), targets.tolist(), histories):
+        if protocol == "reference" and t in h:
+            out.append(math.inf)
+            continue
+        hidden = {0} | (set(h.tolist()) - {t})
+        out.append(1 + sum(1 for j, v in enumerate(s) if j != t and j not in hidden and v >= s[t]))
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["reference", "repeat_aware"])
+def test_ranks_equal_the_definition_on_random_data(protocol):
+    rng = np.random.default_rng(0)
+    scores = torch.as_tensor(rng.integers(0, 6, size=(50, 30)).astype(np.float32))  # many ties
+    targets = torch.as_tensor(rng.integers(1, 30, size=50))
+    histories = [rng.integers(1, 30, size=rng.integers(0, 12)) for _ in range(50)]
+    assert batch_ranks(scores, targets, histories, protocol).tolist() == brute_force_ranks(
+        scores, targets, histories, protocol)
+
+
+def test_top_k_skips_padding_and_history():
+    scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0]])
+    values, items = top_k(scores.clone(), torch.tensor([[2, 0]]), 3)
+    assert items.tolist() == [[4, 3, 1]] and values.tolist() == [[4.0, 3.0, 1.0]]

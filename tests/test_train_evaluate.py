@@ -8,7 +8,7 @@ from conftest import MINILM, write_sequences
 from safetensors.torch import load_file
 
 from pipeline.config import load_config, resolve_run
-from pipeline.data import DataError
+from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.encode import encode
 from pipeline.evaluate import evaluate
 from pipeline.recommend import recommend
@@ -147,3 +147,14 @@ def test_topk_export_and_recommend(tiny_run, tmp_path):
         recommend(runs["va"], tmp_path, ["nope"])
     popular = recommend(runs["pop"], tmp_path, ["I0"], k=3)
     assert len(popular) == 3
+
+
+def test_validation_on_a_seeded_sample_of_users(tiny_run, tmp_path):
+    runs, items, sequences = tiny_run
+    run = runs["frozen"] | {"train": runs["frozen"]["train"] | {"validate_users": 7}}
+    log = train(run, items, sequences, tmp_path / "sample", progress=False)
+    assert all(h["valid_seconds"] >= 0 for h in log["history"])
+    split = make_splits(*read_sequences(sequences), 11).valid
+    a, b = split.sample(7, 3), split.sample(7, 3)
+    assert a.user_ids == b.user_ids and len(a.user_ids) == 7 and a.user_ids == sorted(a.user_ids, key=split.user_ids.index)
+    assert split.sample(None, 3) is split and split.sample(100, 3) is split

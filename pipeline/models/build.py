@@ -72,13 +72,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None):
-    """A function: left-padded histories [U, L] (numpy) -> scores [U, N+1] (CPU), for a trained
-    run (its caches and model_dir/model.safetensors) or popularity (training counts)."""
+    """A function: left-padded histories [U, L] (numpy) -> scores [U, N+1] (on the model's
+    device), for a trained run (its caches and model_dir/model.safetensors) or popularity
+    (training counts)."""
     if not method(run["method"]).trains:  # popularity
         counts = torch.as_tensor(item_counts, dtype=torch.float32)
-        return lambda inputs: counts.expand(len(inputs), -1)
+        return lambda inputs: counts.repeat(len(inputs), 1)
     model = build_model(run, items.num_rows, items, read_states(run, items)).to(device())
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     model.eval()
     item_embs = model.item_embeddings(items.num_rows)
-    return lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=item_embs.device)).cpu()
+    return lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=item_embs.device))
