@@ -206,6 +206,20 @@ class Backbone:
         else:
             self.processor = AutoImageProcessor.from_pretrained(path)
 
+    def tokens(self, items: list[dict]) -> tuple[dict, list[str]]:
+        """A text encoder's tokenizer output (lists, truncated, unpadded) for the items with text,
+        and a status per item (ok, or no_text: a caption that could not be generated)."""
+        status = ["ok" if i[self.column] is not None else "no_text" for i in items]
+        texts = [i[self.column] for i in items if i[self.column] is not None]
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.settings["max_length"]) if texts else {}
+        return dict(encoded), status
+
+    def collate(self, tokens: dict, rows) -> dict:
+        """Rows of tokens(...) as one right-padded batch of tensors."""
+        to_max = {"max_length": self.settings["max_length"]} if self.padding == "max_length" else {}
+        return dict(self.tokenizer.pad({k: [v[r] for r in rows] for k, v in tokens.items()}, padding=self.padding,
+                                       return_tensors="pt", **to_max))
+
     def sizes(self, items: list[dict]) -> list[int]:
         """A length per item, used to group similar lengths into one batch."""
         if self.modality == "text":
@@ -226,23 +240,21 @@ class Backbone:
         """Model inputs for the usable items, and a status per item (ok, no_image, unreadable,
         no_text: a caption that could not be generated)."""
         if self.modality == "text":
-            status = ["ok" if i[self.column] is not None else "no_text" for i in items]
-            texts = [i[self.column] for i in items if i[self.column] is not None]
-            if not texts:
-                return None, status
-            return dict(self.tokenizer(
-                texts, padding=self.padding, truncation=True,
-                max_length=self.settings["max_length"], return_tensors="pt",
-            )), status
+            tokens, status = self.tokens(items)
+            return (self.collate(tokens, range(len(tokens["input_ids"]))) if tokens else None), status
         loaded = [self.load_image(i) for i in items]
         images = [im for im, status in loaded if status == "ok"]
         inputs = dict(self.processor(images=images, return_tensors="pt")) if images else None
         return inputs, [status for _, status in loaded]
 
     @torch.inference_mode()
+    def forward(self, inputs: dict) -> torch.Tensor:
+        """Pooled kept states [B, K, D] (float32, on the model's device) of a batch of inputs."""
+        return pooled_states(self.model, inputs, self.states, self.pool, self.device)
+
     def __call__(self, items: list[dict]) -> tuple[np.ndarray, list[str]]:
         """Pooled kept states [B_ok, K, D] of the usable items, and every item's status."""
         inputs, status = self.inputs(items)
         if inputs is None:
             return np.zeros((0, len(self.states), self.settings["hidden_size"]), np.float32), status
-        return pooled_states(self.model, inputs, self.states, self.pool, self.device).cpu().numpy(), status
+        return self.forward(inputs).cpu().numpy(), status

@@ -8,12 +8,13 @@ Store layout (one per dataset x encoder x kept states):
   quantisation, item-table fingerprint, ... A store whose attributes differ from the request is
   refused, never reused.
 The work happens in `<out>.partial`; it is renamed to `<out>` once every chunk is done, so the
-output is complete or absent. Items are processed chunk by chunk with the same batches every
-time, so a resumed store is identical to an uninterrupted one (unless a batch ran out of GPU
-memory: the batch size is then halved until it fits, and the store records the size used).
+output is complete or absent. Items are processed a window of `sort_chunks` chunks at a time,
+sorted by token length inside it, with the same batches every time, so a resumed store is
+identical to an uninterrupted one (unless a batch ran out of GPU memory: the batch size is then
+halved until it fits, and the store records the size used).
 
-Sharding (encode.shards): `--shard I N` writes a part store holding shard I's rows, whole chunks
-of the split above, resumable like a store; `--gather PART...` checks that the parts were written
+Sharding (encode.shards): `--shard I N` writes a part store holding shard I's rows, whole
+windows of the split above, resumable like a store; `--gather PART...` checks that the parts were written
 for this request and hold every row once, and assembles them into the store, which then equals
 the unsharded store array for array.
 
@@ -23,6 +24,7 @@ Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 
 import argparse
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,7 @@ from pipeline.data import DataError
 from pipeline.join_captions import read_items
 
 FORMAT_VERSION = 2
+SORT_CHUNKS = 16  # chunks whose items are length-sorted and batched together (encode.sort_chunks)
 
 
 class EncodeError(CacheError):
@@ -73,12 +76,13 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
 MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2, "no_text": 3}
 
 
-def shard_rows(n_rows: int, chunk_items: int, shard: int, shards: int) -> tuple[int, int]:
-    """Rows [lo, hi) of shard `shard` of `shards`: whole chunks, split as evenly as chunks allow
-    (a shard may be empty when there are more shards than chunks)."""
-    n_chunks = -(-n_rows // chunk_items)
-    first, last = shard * n_chunks // shards, (shard + 1) * n_chunks // shards
-    return first * chunk_items, min(last * chunk_items, n_rows)
+def shard_rows(n_rows: int, window: int, shard: int, shards: int) -> tuple[int, int]:
+    """Rows [lo, hi) of shard `shard` of `shards`: whole windows (chunk_items x sort_chunks rows),
+    split as evenly as windows allow (a shard may be empty when there are more shards than
+    windows), so each window is batched as in an unsharded encode."""
+    n_windows = -(-n_rows // window)
+    first, last = shard * n_windows // shards, (shard + 1) * n_windows // shards
+    return first * window, min(last * window, n_rows)
 
 
 def _new_store(path: Path, n_rows: int, n_states: int, width: int, chunk_items: int, attrs: dict) -> zarr.Group:
@@ -115,9 +119,14 @@ def _request(items_parquet: Path, settings: dict, states: list[int], missing_ima
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, chunk_items: int = 256,
            missing_image: str = "zeros", on_chunk_done=None, shard: tuple[int, int] | None = None,
-           captions=()) -> dict:
+           captions=(), sort_chunks: int = SORT_CHUNKS) -> dict:
     """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
 
+    Items are encoded a window of `sort_chunks` chunks at a time, sorted by token length inside
+    the window so that a batch pads little; windows are counted from the store's first row, so
+    the same items share a batch whether the store is encoded whole, resumed or sharded (a
+    resumed window is encoded again whole). A writer thread converts each window to float16
+    and writes its chunks while the next window runs.
     missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
     like padding, and it is counted in the `missing` array) or `error`.
     shard: (i, n) writes only shard i of n, a part store holding its rows (see shard_rows), for
@@ -125,7 +134,8 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, ch
     """
     items, expected = _request(items_parquet, settings, states, missing_image, captions)
     n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
-    base, end = shard_rows(n_rows, chunk_items, *shard) if shard else (0, n_rows)
+    window = chunk_items * sort_chunks
+    base, end = shard_rows(n_rows, window, *shard) if shard else (0, n_rows)
     if shard:
         expected |= {"shard": list(shard), "rows": [base, end]}
     if out.exists():
@@ -138,75 +148,121 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, ch
         raise EncodeError(f"no item of {items_parquet} has an image: set the dataset's `images` folder "
                           f"(or use a run without an image tower)")
 
+    layout = {"chunk_items": chunk_items, "sort_chunks": sort_chunks}
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         group = zarr.open_group(str(partial), mode="r+")
-        check_attributes(dict(group.attrs), expected | {"chunk_items": chunk_items}, partial)
+        check_attributes(dict(group.attrs), expected | layout, partial)
     else:
-        group = _new_store(partial, end - base, n_states, width, chunk_items, expected | {"chunk_items": chunk_items})
-    states_array, done, missing = group["states"], group["done"], group["missing"]
+        group = _new_store(partial, end - base, n_states, width, chunk_items, expected | layout)
 
-    done_flags = done[:]
-    todo = [c for c in range(len(done_flags)) if not done_flags[c]]  # chunks of this store
+    done_flags = group["done"][:]  # per chunk of this store
+    windows = [(lo, min(lo + window, end)) for lo in range(base, end, window)]
+    windows = [(lo, hi) for lo, hi in windows
+               if not done_flags[(lo - base) // chunk_items:-(-(hi - base) // chunk_items)].all()]
     try:
-        backbone = Backbone(settings, states) if todo else None
+        backbone = Backbone(settings, states) if windows else None
     except BackboneError as e:
         raise EncodeError(str(e)) from None
-    done_rows = sum(min(chunk_items, end - base - c * chunk_items) for c in range(len(done_flags)) if done_flags[c])
-    bar = tqdm(total=end - base, initial=done_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
-    batch_size = settings["batch_size"]
+    todo_rows = sum(hi - lo for lo, hi in windows)
+    bar = tqdm(total=end - base, initial=end - base - todo_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
+    state = {"batch_size": settings["batch_size"]}
     start = time.perf_counter()
-    for c in todo:
-        lo, hi = base + c * chunk_items, min(base + (c + 1) * chunk_items, end)  # item rows of the chunk
-        block = np.zeros((hi - lo, n_states, width), dtype=np.float32)  # row 0 stays zero (padding)
-        codes = np.zeros(hi - lo, dtype=np.uint8)
-        rows = [r for r in range(lo, hi) if r > 0]
-        sizes = backbone.sizes([records[r - 1] for r in rows])
-        rows = [r for _, r in sorted(zip(sizes, rows))]  # similar lengths share a batch
-        b = 0
-        while b < len(rows):
-            batch_rows = rows[b:b + batch_size]
-            try:
-                pooled, status = backbone([records[r - 1] for r in batch_rows])
-            except torch.OutOfMemoryError:
-                if batch_size == 1:
-                    raise EncodeError("out of memory with a batch of one item: use a GPU with more memory, "
-                                      "device_map: auto over several GPUs, or quantization") from None
-                batch_size = max(1, batch_size // 2)  # back off and retry the same items
-                torch.cuda.empty_cache()
-                bar.write(f"out of memory: encoding on with batches of {batch_size}")
-                bar.set_postfix(batch=batch_size)
-                continue
-            bad = [(r, st) for r, st in zip(batch_rows, status) if st != "ok"]
-            # Missing captions were counted by the caption stage; they are encoded as zeros.
-            bad_images = [(r, st) for r, st in bad if st != "no_text"]
-            if bad_images and missing_image == "error":
-                r, st = bad_images[0]
-                raise EncodeError(f"item {records[r - 1]['item_id']}: {st.replace('_', ' ')} ({records[r - 1]['image']}); "
-                                  f"set encode.missing_image: zeros to encode it as zeros")
-            block[[r - lo for r, st in zip(batch_rows, status) if st == "ok"]] = pooled
-            codes[[r - lo for r, _ in bad]] = [MISSING_CODES[st] for _, st in bad]
-            bar.update(len(batch_rows))
-            b += len(batch_rows)
-        if lo == 0:
-            bar.update(1)
-        states_array[lo - base:hi - base] = block.astype(np.float16)
-        missing[lo - base:hi - base] = codes
-        done[c] = True
-        if on_chunk_done:
-            on_chunk_done(c)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as writer:
+        pending = None
+        for lo, hi in windows:
+            block, codes = _encode_window(backbone, records, lo, hi, width, missing_image, state, bar)
+            if pending is not None:
+                pending.result()  # one window in flight: its chunks are written (and marked done) in order
+            pending = writer.submit(_write_window, group, block, codes, lo - base, chunk_items, on_chunk_done)
+        if pending is not None:
+            pending.result()
     bar.close()
     _finish(group, partial, out, settings["modality"],
-            {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": batch_size})
+            {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": state["batch_size"]})
     return expected
 
 
+def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, width: int, missing_image: str,
+                   state: dict, bar) -> tuple[torch.Tensor, np.ndarray]:
+    """Pooled states [hi - lo, K, D] (float32, CPU; row 0 of the store stays zero) and missing
+    codes of the item rows lo..hi, in batches of similar token length."""
+    rows = [r for r in range(lo, hi) if r > 0]
+    window_records = [records[r - 1] for r in rows]
+    codes = np.zeros(hi - lo, dtype=np.uint8)
+    if backbone.modality == "text":
+        tokens, status = backbone.tokens(window_records)
+        usable = [i for i, st in enumerate(status) if st == "ok"]  # positions in window_records
+        lengths = [len(t) for t in tokens.get("input_ids", [])]
+        order = [usable[j] for j in np.argsort(lengths, kind="stable")]  # similar lengths share a batch
+        token_row = {i: j for j, i in enumerate(usable)}  # position in window_records -> row of tokens
+    else:
+        order, status = list(range(len(rows))), None
+    parts = []  # (positions in window_records, states on the device): one transfer per window
+    b = 0
+    while b < len(order):
+        batch = order[b:b + state["batch_size"]]
+        try:
+            if status is not None:  # text: collate the batch from the window's tokens
+                pooled = backbone.forward(backbone.collate(tokens, [token_row[i] for i in batch]))
+                ok = batch
+            else:
+                inputs, image_status = backbone.inputs([window_records[i] for i in batch])
+                bad = [(i, st) for i, st in zip(batch, image_status) if st != "ok"]
+                if bad and missing_image == "error":
+                    i, st = bad[0]
+                    item = window_records[i]
+                    raise EncodeError(f"item {item['item_id']}: {st.replace('_', ' ')} ({item['image']}); "
+                                      f"set encode.missing_image: zeros to encode it as zeros")
+                codes[[rows[i] - lo for i, _ in bad]] = [MISSING_CODES[st] for _, st in bad]
+                ok = [i for i, st in zip(batch, image_status) if st == "ok"]
+                pooled = backbone.forward(inputs) if inputs is not None else None
+        except torch.OutOfMemoryError:
+            if state["batch_size"] == 1:
+                raise EncodeError("out of memory with a batch of one item: use a GPU with more memory, "
+                                  "device_map: auto over several GPUs, or quantization") from None
+            state["batch_size"] = max(1, state["batch_size"] // 2)  # back off and retry the same items
+            torch.cuda.empty_cache()
+            bar.write(f"out of memory: encoding on with batches of {state['batch_size']}")
+            bar.set_postfix(batch=state["batch_size"])
+            continue
+        if pooled is not None:
+            parts.append((ok, pooled))
+        bar.update(len(batch))
+        b += len(batch)
+    if status is not None:  # missing captions were counted by the caption stage; encoded as zeros
+        missing = [i for i, st in enumerate(status) if st != "ok"]
+        codes[[rows[i] - lo for i in missing]] = MISSING_CODES["no_text"]
+        bar.update(len(missing))
+    if lo == 0:
+        bar.update(1)  # the padding row
+    block = torch.zeros((hi - lo, len(backbone.states), width), dtype=torch.float32)
+    if parts:
+        positions = torch.as_tensor([rows[i] - lo for ok, _ in parts for i in ok])
+        block[positions] = torch.cat([p for _, p in parts]).float().cpu()
+    return block, codes
+
+
+def _write_window(group: zarr.Group, block: torch.Tensor, codes: np.ndarray, first: int, chunk_items: int,
+                  on_chunk_done) -> None:
+    """Write a window's rows (starting at store row `first`, a chunk boundary) chunk by chunk as
+    float16, marking each chunk done after its states are written."""
+    states = block.numpy().astype(np.float16)
+    for c in range(0, len(states), chunk_items):
+        group["states"][first + c:first + c + chunk_items] = states[c:c + chunk_items]
+        group["missing"][first + c:first + c + chunk_items] = codes[c:c + chunk_items]
+        chunk = (first + c) // chunk_items
+        group["done"][chunk] = True
+        if on_chunk_done:
+            on_chunk_done(chunk)
+
+
 def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[Path], out: Path,
-           chunk_items: int = 256, missing_image: str = "zeros", captions=()) -> dict:
+           chunk_items: int = 256, missing_image: str = "zeros", captions=(), sort_chunks: int = SORT_CHUNKS) -> dict:
     """Assemble the part stores of a sharded encode into the store at `out`, after checking that
     every part was written for this request and that together they hold every item row once."""
     items, expected = _request(items_parquet, settings, states, missing_image, captions)
-    n_rows = items.num_rows + 1
+    n_rows, layout = items.num_rows + 1, {"chunk_items": chunk_items, "sort_chunks": sort_chunks}
     found = {}
     for path in parts:
         if not Path(path).is_dir():
@@ -215,7 +271,7 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
         if "shard" not in attrs:
             raise EncodeError(f"{path} is not a part store of a sharded encode (no 'shard' attribute)")
         check_attributes({k: v for k, v in attrs.items() if k not in ("shard", "rows")},
-                         expected | {"complete": True, "chunk_items": chunk_items}, path)
+                         expected | {"complete": True} | layout, path)
         found[tuple(attrs["shard"])] = (path, attrs)
     counts = {n for _, n in found}
     if len(counts) != 1:
@@ -228,13 +284,12 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
     # Every row exactly once: the parts' ranges are the chunk-aligned split of all the rows.
     for i in range(shards):
         path, attrs = found[(i, shards)]
-        if attrs["rows"] != list(shard_rows(n_rows, chunk_items, i, shards)):
-            raise EncodeError(f"{path} holds rows {attrs['rows']}, not shard {i}'s "
-                              f"{list(shard_rows(n_rows, chunk_items, i, shards))}")
+        rows = list(shard_rows(n_rows, chunk_items * sort_chunks, i, shards))
+        if attrs["rows"] != rows:
+            raise EncodeError(f"{path} holds rows {attrs['rows']}, not shard {i}'s {rows}")
 
     partial = out.with_name(out.name + ".partial")
-    group = _new_store(partial, n_rows, len(states), settings["hidden_size"], chunk_items,
-                       expected | {"chunk_items": chunk_items})
+    group = _new_store(partial, n_rows, len(states), settings["hidden_size"], chunk_items, expected | layout)
     for i in range(shards):
         path, attrs = found[(i, shards)]
         lo, hi = attrs["rows"]
@@ -259,7 +314,9 @@ def main(argv=None):
     parser.add_argument("--settings", required=True, help="the encoder's config entry as JSON")
     parser.add_argument("--states", type=int, nargs="+", required=True, help="kept hidden-state indices")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--chunk-items", type=int, default=256)
+    parser.add_argument("--chunk-items", type=int, default=256, help="items per Zarr chunk (the resume unit)")
+    parser.add_argument("--sort-chunks", type=int, default=SORT_CHUNKS,
+                        help="chunks whose items are sorted by length and batched together")
     parser.add_argument("--missing-image", choices=["zeros", "error"], default="zeros",
                         help="an item without a readable image: zero states (counted) or an error")
     parser.add_argument("--shard", type=int, nargs=2, metavar=("I", "N"), default=None,
@@ -279,10 +336,11 @@ def main(argv=None):
     try:
         if args.gather:
             attrs = gather(args.items, settings, args.states, args.gather, args.out, args.chunk_items,
-                           args.missing_image, captions=args.captions)
+                           args.missing_image, captions=args.captions, sort_chunks=args.sort_chunks)
         else:
             attrs = encode(args.items, settings, args.states, args.out, args.chunk_items, args.missing_image,
-                           shard=tuple(args.shard) if args.shard else None, captions=args.captions)
+                           shard=tuple(args.shard) if args.shard else None, captions=args.captions,
+                           sort_chunks=args.sort_chunks)
     except (CacheError, DataError) as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "

@@ -102,7 +102,7 @@ def test_missing_and_unreadable_images(tiny_vit, item_table, tmp_path):
 
 def test_resume_after_interruption_gives_the_same_store(tiny_vit, item_table, tmp_path):
     reference = tmp_path / "ref.zarr"
-    encode(item_table, tiny_vit, [0, 4], reference, chunk_items=4)
+    encode(item_table, tiny_vit, [0, 4], reference, chunk_items=4, sort_chunks=1)
 
     out = tmp_path / "resumed.zarr"
     seen = []
@@ -113,11 +113,11 @@ def test_resume_after_interruption_gives_the_same_store(tiny_vit, item_table, tm
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, on_chunk_done=stop_after_two)
+        encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, sort_chunks=1, on_chunk_done=stop_after_two)
     assert not out.exists() and out.with_name("resumed.zarr.partial").exists()
 
     resumed = []
-    encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, on_chunk_done=resumed.append)
+    encode(item_table, tiny_vit, [0, 4], out, chunk_items=4, sort_chunks=1, on_chunk_done=resumed.append)
     assert resumed == [2]  # only the missing chunk was computed
     assert np.array_equal(states(out), states(reference))
     assert not out.with_name("resumed.zarr.partial").exists()
@@ -159,21 +159,21 @@ def test_sharded_encode_equals_the_unsharded_store(tiny_vit, item_table, tmp_pat
     from pipeline.encode import EncodeError, gather, shard_rows
 
     whole = tmp_path / "whole.zarr"
-    encode(item_table, tiny_vit, [0, 2, 4], whole, chunk_items=4)
+    encode(item_table, tiny_vit, [0, 2, 4], whole, chunk_items=4, sort_chunks=1)
     for shards in (3, 5):
         parts = [tmp_path / f"part{i}of{shards}.zarr" for i in range(shards)]
         for i, part in enumerate(parts):
             if i == 1:  # interrupted after its first chunk, then resumed
                 with pytest.raises(Interrupt):
-                    encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, shard=(i, shards),
+                    encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, sort_chunks=1, shard=(i, shards),
                            on_chunk_done=lambda c: (_ for _ in ()).throw(Interrupt()))
-            encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, shard=(i, shards))
+            encode(item_table, tiny_vit, [0, 2, 4], part, chunk_items=4, sort_chunks=1, shard=(i, shards))
         assert [shard_rows(12, 4, i, shards) for i in range(shards)] == (
             [(0, 4), (4, 8), (8, 12)] if shards == 3 else [(0, 0), (0, 4), (4, 4), (4, 8), (8, 12)])
         out = tmp_path / f"gathered{shards}.zarr"
         with pytest.raises(EncodeError, match=f"gather needs each of the {shards} shards once; missing: \\[{shards - 1}\\]"):
-            gather(item_table, tiny_vit, [0, 2, 4], parts[:-1], out, chunk_items=4)
-        gather(item_table, tiny_vit, [0, 2, 4], parts[::-1], out, chunk_items=4)
+            gather(item_table, tiny_vit, [0, 2, 4], parts[:-1], out, chunk_items=4, sort_chunks=1)
+        gather(item_table, tiny_vit, [0, 2, 4], parts[::-1], out, chunk_items=4, sort_chunks=1)
         a, b = zarr.open_group(str(whole), mode="r"), zarr.open_group(str(out), mode="r")
         for name in ("states", "missing", "done"):  # bit for bit
             assert a[name][:].tobytes() == b[name][:].tobytes()
@@ -182,6 +182,42 @@ def test_sharded_encode_equals_the_unsharded_store(tiny_vit, item_table, tmp_pat
 
     # A part written for another request (other kept states) is refused, naming the key.
     other = tmp_path / "other.zarr"
-    encode(item_table, tiny_vit, [0, 4], other, chunk_items=4, shard=(0, 1))
+    encode(item_table, tiny_vit, [0, 4], other, chunk_items=4, sort_chunks=1, shard=(0, 1))
     with pytest.raises(CacheMismatch, match="kept_states"):
-        gather(item_table, tiny_vit, [0, 2, 4], [other], tmp_path / "x.zarr", chunk_items=4)
+        gather(item_table, tiny_vit, [0, 2, 4], [other], tmp_path / "x.zarr", chunk_items=4, sort_chunks=1)
+
+
+def test_text_windows_resume_and_shard_to_the_same_store(item_table, tmp_path):
+    """Windows of 2 chunks (8 rows) sorted by token length: an interrupted window is encoded
+    again whole, so resumed and sharded stores equal the uninterrupted one bit for bit; and the
+    window's batches differ from per-chunk batches only by float16 rounding."""
+    from pipeline.encode import gather
+
+    settings = MINILM | {"batch_size": 3}
+    whole = tmp_path / "whole.zarr"
+    encode(item_table, settings, [0, 3, 6], whole, chunk_items=4, sort_chunks=2)
+    for stop_after in (1, 2):  # inside the first window, and just after it
+        out, seen = tmp_path / f"resumed{stop_after}.zarr", []
+
+        def stop(chunk):
+            seen.append(chunk)
+            if len(seen) == stop_after:
+                raise Interrupt
+
+        with pytest.raises(Interrupt):
+            encode(item_table, settings, [0, 3, 6], out, chunk_items=4, sort_chunks=2, on_chunk_done=stop)
+        resumed = []
+        encode(item_table, settings, [0, 3, 6], out, chunk_items=4, sort_chunks=2, on_chunk_done=resumed.append)
+        assert resumed == ([0, 1, 2] if stop_after == 1 else [2])  # a window is redone whole
+        assert states(out).tobytes() == states(whole).tobytes()
+    parts = [tmp_path / f"part{i}.zarr" for i in range(2)]
+    for i, part in enumerate(parts):
+        encode(item_table, settings, [0, 3, 6], part, chunk_items=4, sort_chunks=2, shard=(i, 2))
+    assert [dict(zarr.open_group(str(p), mode="r").attrs)["rows"] for p in parts] == [[0, 8], [8, 12]]
+    gather(item_table, settings, [0, 3, 6], parts, tmp_path / "gathered.zarr", chunk_items=4, sort_chunks=2)
+    assert states(tmp_path / "gathered.zarr").tobytes() == states(whole).tobytes()
+
+    per_chunk = tmp_path / "per_chunk.zarr"  # the batching of earlier releases: sorted within a chunk
+    encode(item_table, settings, [0, 3, 6], per_chunk, chunk_items=4, sort_chunks=1)
+    a, b = states(whole).astype(np.float32), states(per_chunk).astype(np.float32)
+    assert np.abs(a - b).max() <= 2 * np.abs(b).max() * 2.0 ** -10  # float16 rounding

@@ -156,25 +156,25 @@ def test_only_the_embedding_output(tiny_llms, item_table, tmp_path):
 
 def test_out_of_memory_halves_the_batch(tiny_llms, item_table, tmp_path, monkeypatch):
     settings = tiny_llms["mistral"]
-    encode(item_table, settings | {"batch_size": 2}, [0, 6], tmp_path / "small.zarr", chunk_items=4)
-    real_call = Backbone.__call__
+    encode(item_table, settings | {"batch_size": 2}, [0, 6], tmp_path / "small.zarr", chunk_items=4, sort_chunks=1)
+    real_forward = Backbone.forward
     sizes = []
 
-    def tight_memory(self, items):
-        sizes.append(len(items))
-        if len(items) > 2:
+    def tight_memory(self, inputs):
+        sizes.append(len(inputs["input_ids"]))
+        if sizes[-1] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_call(self, items)
+        return real_forward(self, inputs)
 
-    monkeypatch.setattr(Backbone, "__call__", tight_memory)
-    encode(item_table, settings | {"batch_size": 8}, [0, 6], tmp_path / "backoff.zarr", chunk_items=4)
+    monkeypatch.setattr(Backbone, "forward", tight_memory)
+    encode(item_table, settings | {"batch_size": 8}, [0, 6], tmp_path / "backoff.zarr", chunk_items=4, sort_chunks=1)
     assert sizes[:3] == [3, 3, 2]  # the first chunk (items 1-3) fails at 8 and 4, then fits at 2
     assert max(sizes[3:]) == 2  # the smaller size is kept for the rest
     backoff = zarr.open_group(str(tmp_path / "backoff.zarr"), mode="r")
     assert backoff.attrs["batch_size_used"] == 2
     np.testing.assert_array_equal(backoff["states"][:], zarr.open_group(str(tmp_path / "small.zarr"))["states"][:])
 
-    monkeypatch.setattr(Backbone, "__call__", lambda self, items: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    monkeypatch.setattr(Backbone, "forward", lambda self, inputs: (_ for _ in ()).throw(torch.OutOfMemoryError()))
     with pytest.raises(EncodeError, match="out of memory with a batch of one item"):
         encode(item_table, settings | {"batch_size": 1}, [0, 6], tmp_path / "never.zarr", chunk_items=4)
 

@@ -16,6 +16,7 @@ rule encode:
         settings=encoder_settings,
         states=kept_states_arg,
         chunk_items=CFG["encode"]["chunk_items"],
+        sort_chunks=CFG["encode"]["sort_chunks"],
         missing_image=CFG["encode"]["missing_image"],
         captions=captions_arg,
         part="",  # encode_shard: --shard I N; gather_shards: --gather PART ...
@@ -34,7 +35,8 @@ rule encode:
         "../../envs/models.yaml"
     shell:
         "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
-        "--states {params.states} --chunk-items {params.chunk_items} --missing-image {params.missing_image} "
+        "--states {params.states} --chunk-items {params.chunk_items} --sort-chunks {params.sort_chunks} "
+        "--missing-image {params.missing_image} "
         "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {output} "
         "> {log} 2>&1"
 
