@@ -103,10 +103,11 @@ def load_config(source: str | Path | dict, files: list | None = None) -> dict:
             err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator not in ("type", "enum")))
         _fail(files, list(err.absolute_path), err.message)
 
-    # A run's own train: block overrides only the keys it names, not the defaults.
+    # A run's train settings, weakest first: the schema's defaults, its method's own defaults,
+    # the config's train block, the run's own train block (only the keys each names).
     for run_name, run in cfg["runs"].items():
         own = raw["runs"][run_name].get("train", {})
-        run["train"] = {**cfg["train"], **own}
+        run["train"] = {**cfg["train"], **method(run["method"]).train_defaults, **(raw.get("train") or {}), **own}
 
     _cross_check(cfg, files)
     return cfg
@@ -287,13 +288,25 @@ def text_columns(cfg: dict, dataset: str, run: dict) -> dict[str, str]:
     return columns
 
 
-def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
-    """Everything the train and evaluate stages need to know about one run on one dataset."""
+def run_seeds(cfg: dict, run_name: str) -> list[int]:
+    """The seeds a run trains with: its `seeds`, else its train.seed."""
+    run = cfg["runs"][run_name]
+    return list(run.get("seeds") or [run["train"]["seed"]])
+
+
+def resolve_run(cfg: dict, dataset: str, run_name: str, seed: int | None = None) -> dict:
+    """Everything the train and evaluate stages need to know about one run on one dataset, for
+    one of its seeds (default: the first)."""
     if dataset not in cfg["datasets"]:
         raise ConfigError(f"unknown dataset '{dataset}' (known: {', '.join(sorted(cfg['datasets']))})")
     if run_name not in cfg["runs"]:
         raise ConfigError(f"unknown run '{run_name}' (known: {', '.join(sorted(cfg['runs']))})")
     run = cfg["runs"][run_name] | {"name": run_name}
+    seeds = run_seeds(cfg, run_name)
+    if seed is None:
+        seed = seeds[0]
+    elif seed not in seeds:
+        raise ConfigError(f"run '{run_name}' has no seed {seed} (its seeds: {seeds})")
     towers = {}
     if method(run["method"]).content:
         columns = text_columns(cfg, dataset, run)
@@ -323,6 +336,6 @@ def resolve_run(cfg: dict, dataset: str, run_name: str) -> dict:
         # Only ablation runs carry the key, so adding it re-ran no existing run.
         **({"ablate": run["ablate"]} if run.get("ablate") else {}),
         # Threads change no result, so they stay out of the settings that decide re-runs.
-        "train": {k: v for k, v in run["train"].items() if k != "threads"},
+        "train": {k: v for k, v in run["train"].items() if k != "threads"} | {"seed": seed},
         "evaluate": cfg["evaluate"],
     }

@@ -31,7 +31,7 @@ class EvalSplit:
 
 @dataclass
 class Splits:
-    train_windows: np.ndarray  # [U', max_history + 1] last training items, left padded
+    train_windows: np.ndarray  # [W, max_history + 1] training windows, left padded
     item_counts: np.ndarray  # [N+1] frequency of each item in the training parts
     valid: EvalSplit
     test: EvalSplit
@@ -60,17 +60,27 @@ def read_sequences(path) -> tuple[list[str], list[list[int]]]:
     return table.column("user_id").to_pylist(), table.column("items").to_pylist()
 
 
-def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int, max_history: int = 10) -> Splits:
-    """Test target = last item, validation = second to last, training = the rest."""
-    windows, counts = [], np.zeros(num_items + 1, dtype=np.int64)
+def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int, max_history: int = 10,
+                windows: str = "last") -> Splits:
+    """Test target = last item, validation = second to last, training = the rest.
+
+    Training windows (max_history + 1 items, left padded): `last`, each user's last training
+    items (the reference's; every position of a window is a target); `all`, one window ending
+    at each training item after the first (every prefix, as RecBole augments; the window's
+    last position is its target)."""
+    if windows not in ("last", "all"):
+        raise ValueError(f"unknown windows {windows!r} (last or all)")
+    rows, counts = [], np.zeros(num_items + 1, dtype=np.int64)
     short = [u for u, seq in zip(user_ids, sequences) if len(seq) < 3]
     if short:
         raise DataError(f"{len(short)} users (e.g. '{short[0]}') have fewer than 3 items; leave-one-out needs 3")
     for seq in sequences:
         train = seq[:-2]
         np.add.at(counts, train, 1)
-        if len(train) >= 2:  # a window needs an input and a next item
-            windows.append(left_pad(train, max_history + 1))
+        ends = [len(train)] if windows == "last" else range(2, len(train) + 1)
+        for end in ends:
+            if end >= 2:  # a window needs an input and a next item
+                rows.append(left_pad(train[:end], max_history + 1))
 
     def split(offset: int) -> EvalSplit:
         histories = [np.array(s[:len(s) - offset], dtype=np.int64) for s in sequences]
@@ -82,5 +92,5 @@ def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int,
             seen=seen_matrix(histories),
         )
 
-    windows = np.stack(windows) if windows else np.zeros((0, max_history + 1), dtype=np.int64)
-    return Splits(windows, counts, split(2), split(1), num_items)
+    train_windows = np.stack(rows) if rows else np.zeros((0, max_history + 1), dtype=np.int64)
+    return Splits(train_windows, counts, split(2), split(1), num_items)

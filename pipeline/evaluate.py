@@ -82,6 +82,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
         "items": items.num_rows,
         "best_epoch": log.get("best_epoch"),
         "epochs": log.get("epochs"),
+        "converged": log.get("converged"),
         "seed": run["train"]["seed"],
         "efficiency": {
             "seconds_per_epoch": log.get("seconds_per_epoch"),

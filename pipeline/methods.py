@@ -11,7 +11,7 @@ method is added here (plus its modules) and nowhere else. A method is a choice o
   lora, adapter);
 - which states a tower keeps: the run's LayerDrop selection, or only the last one.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,8 @@ class Method:
     user_encoder: str | None = None  # sasrec | gru | None (nothing trains)
     adapt: str | None = None  # backbones in the loop, adapted so; None = cached states (content methods)
     last_state_only: bool = False  # keep only each tower's last state (not the LayerDrop selection)
+    # `train` keys this method defaults to otherwise (a config's train block or a run's own wins)
+    train_defaults: dict = field(default_factory=dict)
 
     @property
     def trains(self) -> bool:
@@ -50,12 +52,17 @@ def _tuned(adapt: str, what: str) -> Method:
                   adapt=adapt, last_state_only=True)
 
 
+# The ID baselines as RecBole (and the SASRec / GRU4Rec papers) train them.
+ID_RECIPE = {"init": "normal", "dropout": 0.5, "lr_user": 1e-3, "loss": "full", "windows": "all"}
+
 METHODS = {
     "iisan": Method("intra- and inter-modal SANs on the cached kept states (IISAN-Versa)", "iisan", "sasrec"),
     "frozen": Method("the last cached state of each tower -> heads; only heads and user encoder train",
                      "last_state", "sasrec"),
-    "sasrec-id": Method("the SASRec user encoder over learned item-ID embeddings (IDRec)", "id", "sasrec"),
-    "gru4rec-id": Method("a GRU user encoder over learned item-ID embeddings (GRU4Rec)", "id", "gru"),
+    "sasrec-id": Method("the SASRec user encoder over learned item-ID embeddings (IDRec)", "id", "sasrec",
+                        train_defaults=ID_RECIPE),
+    "gru4rec-id": Method("a GRU user encoder over learned item-ID embeddings (GRU4Rec)", "id", "gru",
+                         train_defaults=ID_RECIPE),
     "popularity": Method("ranking by training counts; nothing trains"),
     "fft": _tuned("fft", "every backbone weight trains (full fine-tuning)"),
     "adapter": _tuned("adapter", "Houlsby adapters in the backbones train"),

@@ -2,7 +2,7 @@
 
 Usage: python -m pipeline.recommend --dataset scientific --run minilm --history B00X B00Y [--k 10]
 Reads config.yaml (or --config) for the run, results/{dataset}/items.parquet for the catalogue
-and, for trained methods, results/{dataset}/runs/{run}/ and the run's caches. Items of the
+and, for trained methods, results/{dataset}/runs/{run}/seed{seed}/ and the run's caches. Items of the
 history are not recommended again.
 """
 import argparse
@@ -31,7 +31,7 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
     if not trains:  # popularity
         user_ids, sequences = read_sequences(results / "sequences.parquet")
         counts = make_splits(user_ids, sequences, items.num_rows).item_counts
-    model_dir = results / "runs" / run["run"]
+    model_dir = results / "runs" / run["run"] / f"seed{run['train']['seed']}"
     if trains and not (model_dir / "model.safetensors").exists():
         raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first")
     score = load_scorer(run, items, counts, model_dir)
@@ -51,9 +51,10 @@ def main(argv=None):
     parser.add_argument("--run", required=True)
     parser.add_argument("--history", nargs="+", required=True, help="item ids, oldest first")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=None, help="which of the run's seeds (default: its first)")
     args = parser.parse_args(argv)
     try:
-        run = resolve_run(load_config(args.config), args.dataset, args.run)
+        run = resolve_run(load_config(args.config), args.dataset, args.run, args.seed)
         ranked = recommend(run, Path("results") / args.dataset, args.history, args.k)
     except (CacheError, ConfigError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"recommend: {e}")

@@ -7,8 +7,9 @@ quotes from elsewhere (e.g. the MicroLens benchmark's baselines) and that has no
 as quoted. With `group_means` (Table VIII), each group of more than one row is followed by its
 mean. Where the spec names an improvement, the relative improvement of a run over another is
 given with the paper's formula, (run - base) / run (Table III: (7.29 - 6.83) / 7.29 = +6.31%),
-and marked `*` when the run is better and a paired t-test over the users' metrics is significant
-(p < 0.05).
+and marked `*` when the run is better, a paired t-test over the users' metrics (averaged over
+seeds) is significant (p < 0.05) and the gain exceeds the seeds' standard deviation. A run with
+several seeds shows its mean ± standard deviation.
 
 Outputs: <table>.md, and its twins <table>.json and <table>.csv for tools.
 
@@ -36,10 +37,12 @@ def paper_values(table: str, path: Path = VALUES) -> dict:
     return yaml.safe_load(Path(path).read_text()).get(table, {})
 
 
-def _record(label: str, group: str, dataset: str, run, ours: dict, published: dict, mean=False) -> dict:
+def _record(label: str, group: str, dataset: str, run, ours: dict, published: dict, mean=False,
+            spread: dict | None = None) -> dict:
     record = {"label": label, "group": group, "dataset": dataset, "run": run, "quoted": run is None and not mean}
     for m in METRICS:
         record[f"ours_{m}"] = ours.get(m)
+        record[f"ours_std_{m}"] = (spread or {}).get(m)
         record[f"paper_{m}"] = published.get(m)
         both = record[f"ours_{m}"] is not None and record[f"paper_{m}"] is not None
         record[f"diff_{m}"] = record[f"ours_{m}"] - record[f"paper_{m}"] if both else None
@@ -63,9 +66,10 @@ def table_rows(spec: dict, results: Path, paper: dict) -> list[dict]:
     rows = []
     for row in spec["rows"]:
         dataset, key = row["dataset"], row.get("paper", row.get("run"))
-        ours = read_json(results / dataset / f"{row['run']}.json")["metrics"]["test"] if row.get("run") else {}
-        rows.append(_record(row["label"], row.get("group", ""), dataset, row.get("run"), ours,
-                            paper.get(dataset, {}).get(key, {})))
+        result = read_json(results / dataset / f"{row['run']}.json") if row.get("run") else {}
+        rows.append(_record(row["label"], row.get("group", ""), dataset, row.get("run"),
+                            result.get("metrics", {}).get("test", {}), paper.get(dataset, {}).get(key, {}),
+                            spread=seed_spread(result)))
     if not spec.get("group_means"):
         return rows
     out = []
@@ -79,9 +83,18 @@ def table_rows(spec: dict, results: Path, paper: dict) -> list[dict]:
     return out
 
 
+def seed_spread(result: dict) -> dict | None:
+    """The test metrics' standard deviation over a run's seeds, when it has several."""
+    if len(result.get("seeds", [])) < 2:
+        return None
+    return result["metrics_std"]["test"]
+
+
 def improvement(spec: dict, results: Path, paper: dict) -> list[dict]:
     """Relative improvement (run - base) / run of spec['improvement']['run'] over ['over'] per
-    dataset, with the t-test, beside the paper's (values.yaml's `relative_improvement`)."""
+    dataset, with the t-test, beside the paper's (values.yaml's `relative_improvement`). A gain
+    is significant when the run is better, p < 0.05 and, for runs trained with several seeds,
+    the gain exceeds the larger of the two runs' standard deviations over seeds."""
     if "improvement" not in spec:
         return []
     best, base = spec["improvement"]["run"], spec["improvement"]["over"]
@@ -89,24 +102,29 @@ def improvement(spec: dict, results: Path, paper: dict) -> list[dict]:
     for dataset in dict.fromkeys(r["dataset"] for r in spec["rows"]):
         published = paper.get(dataset, {}).get("relative_improvement", {})
         entry = {"dataset": dataset, "run": best, "over": base}
-        ours, theirs = (read_json(results / dataset / f"{run}.json")["metrics"]["test"] for run in (best, base))
+        found = [read_json(results / dataset / f"{run}.json") for run in (best, base)]
+        ours, theirs = (r["metrics"]["test"] for r in found)
+        spreads = [seed_spread(r) for r in found]
         for m in METRICS:
             a, b = ours[m], theirs[m]
+            spread = max((s[m] for s in spreads if s), default=0.0)
             try:
                 test = paired_t_test(results / dataset / f"{best}.per_user.parquet",
                                      results / dataset / f"{base}.per_user.parquet", metric=m)
             except SignificanceError as e:
                 raise ReportError(str(e)) from None
             entry[m] = {"relative": (a - b) / a if a else None, "paper_relative": published.get(m),
-                        "p": test["p"], "significant": test["significant"] and a > b}
+                        "p": test["p"], "seed_spread": spread,
+                        "significant": test["significant"] and a - b > spread}
         out.append(entry)
     return out
 
 
-def _pct(value, signed=False) -> str:
+def _pct(value, signed=False, std=None) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    text = f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}"
+    return text + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
@@ -117,11 +135,13 @@ def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
     for r in rows:
         label = f"{r['group']}: {r['label']}" if r["group"] else r["label"]
         run = "quoted" if r["quoted"] else "mean" if r["mean"] else f"`{r['run']}`"
-        cells = [_pct(r[f"{w}_{m}"], signed=w == "diff") for m in METRICS for w in ("ours", "paper", "diff")]
+        cells = [_pct(r[f"{w}_{m}"], signed=w == "diff", std=r[f"ours_std_{m}"] if w == "ours" else None)
+                 for m in METRICS for w in ("ours", "paper", "diff")]
         lines.append("| " + " | ".join([label, r["dataset"], run] + cells) + " |")
     lines.append("")
     lines.append("Values in percent (test split, reference protocol: the history is excluded from the "
-                 "ranking). diff = ours - paper.")
+                 "ranking). diff = ours - paper." + (" ours ± s: mean and standard deviation over the run's seeds."
+                                                    if any(r["ours_std_hr@10"] is not None for r in rows) else ""))
     if any(r["quoted"] for r in rows):
         lines.append(f"Rows marked quoted are not rerun: {spec.get('quoted_from', 'the paper')}.")
     for g in gains:
@@ -131,7 +151,8 @@ def markdown(spec: dict, rows: list[dict], gains: list[dict]) -> str:
             parts.append(f"{m.upper()} {_pct(g[m]['relative'], signed=True)}%{'*' if g[m]['significant'] else ''} "
                          f"(p = {g[m]['p']:.3g}{paper})")
         lines.append(f"Relative improvement (run - base) / run of `{g['run']}` over `{g['over']}` on {g['dataset']}: "
-                     + ", ".join(parts) + " (* = better and significant by a paired t-test over users, p < 0.05).")
+                     + ", ".join(parts) + " (* = better, significant by a paired t-test over users, p < 0.05, and, "
+                 "for runs with several seeds, a gain larger than their spread over seeds).")
     if gains and spec["improvement"].get("note"):
         lines.append(spec["improvement"]["note"])
     return "\n".join(lines) + "\n"

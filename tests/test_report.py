@@ -49,7 +49,26 @@ def test_a_table_shows_ours_the_papers_and_the_difference(tmp_path):
     assert "HR@10 +14.29%*" in text
     assert json.loads(out.with_suffix(".json").read_text()) == json.loads(json.dumps(twin))
     header = out.with_suffix(".csv").read_text().splitlines()[0]
-    assert header.startswith("label,group,dataset,run,quoted,ours_hr@10,paper_hr@10,diff_hr@10")
+    assert header.startswith("label,group,dataset,run,quoted,ours_hr@10,ours_std_hr@10,paper_hr@10,diff_hr@10")
+
+
+def test_seeds_show_their_spread_and_a_gain_within_it_is_not_starred(tmp_path):
+    rng = np.random.default_rng(0)
+    low = (rng.random(400) < 0.05).astype(float)
+    high = np.maximum(low, (rng.random(400) < 0.08).astype(float))  # significant by the t-test alone
+    write_run(tmp_path, "vs-2-blocks", 0.0600, 0.0350, low.tolist())
+    write_run(tmp_path, "bert-base", 0.0700, 0.0420, high.tolist())
+    result = json.loads((tmp_path / "scientific" / "bert-base.json").read_text())
+    result |= {"seeds": [1, 2, 3], "metrics_std": {"test": {"hr@10": 0.0150, "ndcg@10": 0.0010}}}
+    (tmp_path / "scientific" / "bert-base.json").write_text(json.dumps(result))
+    out = tmp_path / "tables" / "table7.md"
+    twin = write_table(SPEC, tmp_path, out)
+    gain = twin["improvement"][0]
+    assert gain["hr@10"]["p"] < 0.05 and not gain["hr@10"]["significant"]  # +1.0 points < 1.5 spread
+    assert gain["ndcg@10"]["significant"]  # +0.7 points > 0.1 spread
+    text = out.read_text()
+    assert "| 6 blocks | scientific | `bert-base` | 7.00 ± 1.50 | 6.83 | +0.17 | 4.20 ± 0.10 |" in text
+    assert "HR@10 +14.29% (p" in text and "NDCG@10 +16.67%* (p" in text
 
 
 def test_table3s_improvement_uses_the_papers_formula_and_stars_only_gains(tmp_path):

@@ -58,7 +58,11 @@ def test_item_encoder_fuses_three_towers():
     assert text_only.inter is None and text_only(None, {"text": torch.randn(2, 3, 16)}).shape == (2, 6)
 
 
-def test_learning_rate_groups():
+def test_learning_rate_groups_follow_the_reference():
+    """Code_Cached/run.py groups IISAN's parameters by name: adapter_bert_lr for the text SANBs,
+    adapter_cv_lr for the image and inter SANBs, fine_tune_lr_image for the image gates and head,
+    fine_tune_lr_text for the text head, lr for the rest (text and inter gates, DTLs, inter head,
+    fusion, user encoder). Here each module declares its group."""
     cfg = load_config({
         "datasets": {"d": {"format": "iisan-split", "users": "u", "items": "i"}},
         "encoders": {"t": {"path": "x", "modality": "text", "layers": 4, "hidden_size": 16},
@@ -68,15 +72,25 @@ def test_learning_rate_groups():
     model = build_model(resolve_run(cfg, "d", "r"), num_items=5)
     groups = {g["name"]: g for g in model.optimizer_groups(learning_rates(cfg["train"]))}
     names = {id(p): n for n, p in model.named_parameters()}
-    text_names = {names[id(p)] for p in groups["text"]["params"]}
-    image_names = {names[id(p)] for p in groups["image"]["params"]}
-    user_names = {names[id(p)] for p in groups["user"]["params"]}
-    assert groups["text"]["lr"] == 5e-5 and groups["image"]["lr"] == 1e-4 and groups["user"]["lr"] == 2e-4
-    assert all(".text." in n for n in text_names)
-    assert any("text_dtl" in n for n in image_names)  # the DTL belongs to the inter tower
-    assert {n.split(".")[0] for n in user_names} == {"user_encoder", "item_encoder"}
-    assert all(n.startswith("user_encoder") or n.startswith("item_encoder.fusion") for n in user_names)
-    assert len(text_names | image_names | user_names) == len(names)
+    found = {g: {names[id(p)] for p in group["params"]} for g, group in groups.items()}
+    assert {g: group["lr"] for g, group in groups.items()} == {
+        "user": 2e-4, "adapter_text": 1e-4, "adapter_image": 1e-4, "image": 1e-4, "text": 5e-5}
+
+    def expected(name: str) -> str:
+        if name.startswith("item_encoder.intra.text.blocks."):
+            return "adapter_text"
+        if name.startswith(("item_encoder.intra.image.blocks.", "item_encoder.inter.blocks.")):
+            return "adapter_image"
+        if name.startswith(("item_encoder.intra.image.gates.", "item_encoder.heads.image.")):
+            return "image"
+        if name.startswith("item_encoder.heads.text."):
+            return "text"
+        return "user"
+
+    assert {n: g for g, ns in found.items() for n in ns} == {n: expected(n) for n in names.values()}
+    assert any("text_dtl" in n for n in found["user"]) and any("inter.gates" in n for n in found["user"])
+    scaled = model.optimizer_groups(learning_rates(cfg["train"] | {"lr_scale": 4}))
+    assert {g["name"]: g["lr"] for g in scaled}["text"] == 2e-4
 
 
 def test_gru_encoder_ignores_left_padding():
@@ -114,18 +128,23 @@ def test_table_vi_ablations_remove_their_part():
     assert _ablation_run([]).get("ablate") is None  # ordinary runs' settings are unchanged
 
 
-def test_without_learned_gates_only_the_gates_stay_put():
+def test_without_gates_the_towers_sum_their_inputs():
+    """The reference's un-gated branch: x_k = h_k + s_{k-1}, not a fixed 0.5 mixture."""
+    from pipeline.models.san import InterSAN, IntraSAN
+
     torch.manual_seed(0)
     model = build_model(_ablation_run(["gate"]), 10)
-    before = {k: v.clone() for k, v in model.named_parameters()}
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    states = {"text": torch.randn(5, 3, 16), "image": torch.randn(5, 2, 8)}
-    model.item_encoder(torch.arange(1, 6), states).pow(2).sum().backward()
-    optimizer.step()
-    for name, p in model.item_encoder.named_parameters():
-        moved = not torch.equal(before[f"item_encoder.{name}"], p)
-        assert moved != (".gates." in name), name  # gates stay at 0.5, everything else learns
-    assert all(g().item() == 0.5 for g in model.item_encoder.intra["text"].gates)
+    assert not [n for n, _ in model.named_parameters() if "gates" in n]
+    h = torch.randn(5, 3, 16)
+    intra = IntraSAN(3, 16, 4, 0.1, gated=False)
+    s = torch.zeros(5, 16)
+    for k in range(3):
+        s = intra.blocks[k](h[:, k] + s)
+    assert torch.allclose(intra(h), s)
+    inter = InterSAN(2, 16, 16, 4, 0.1, gated=False)
+    text, image = torch.randn(5, 2, 16), torch.randn(5, 2, 16)
+    m = inter.blocks[0](image[:, 0] + text[:, 0])
+    assert torch.allclose(inter(text, image), inter.blocks[1](m + image[:, 1] + text[:, 1]))
 
 
 def test_ablation_config_errors():

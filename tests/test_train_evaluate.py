@@ -26,8 +26,7 @@ def tiny_run(tmp_path, item_table, tiny_vit, monkeypatch):
         "encoders": {"minilm": MINILM, "vit": {k: v for k, v in tiny_vit.items() if k != "build"}},
         "runs": {"va": {"method": "iisan", "text": "minilm", "image": "vit", "layerdrop": "group",
                         "train": {"max_epochs": 3, "batch_size": 8}},
-                 "still": {"method": "iisan", "image": "vit", "train": {
-                     "max_epochs": 20, "patience": 2, "lr_user": 1e-30, "lr_image": 1e-30, "lr_text": 1e-30}},
+                 "still": {"method": "iisan", "image": "vit", "train": {"max_epochs": 20, "patience": 2, "lr_scale": 1e-30}},
                  "frozen": {"method": "frozen", "text": "minilm", "image": "vit", "train": {"max_epochs": 2}},
                  "pop": {"method": "popularity"},
                  "sasrec-id": {"method": "sasrec-id", "train": {"max_epochs": 2}},
@@ -87,8 +86,17 @@ def test_early_stopping_after_patience_epochs_without_gain(tiny_run, tmp_path):
     # Learning rates of 1e-30 leave the weights, hence validation NDCG@10, unchanged: epoch 1 is
     # the best and training stops `patience` epochs later.
     log = train(runs["still"], items, sequences, tmp_path / "still", progress=False)
-    assert (log["epochs"], log["best_epoch"]) == (3, 1)
+    assert (log["epochs"], log["best_epoch"], log["converged"]) == (3, 1, True)
     assert len({h["valid_ndcg@10"] for h in log["history"]}) == 1
+
+
+def test_a_run_stopped_by_the_epoch_cap_is_not_converged(tiny_run, tmp_path, capfd):
+    runs, items, sequences = tiny_run
+    log = train(runs["frozen"], items, sequences, tmp_path / "capped", progress=False)  # 2 epochs, patience 10
+    assert log["epochs"] == 2 and log["converged"] is False
+    assert "did not converge: the 2-epoch cap stopped it" in capfd.readouterr().err
+    result = evaluate(runs["frozen"], items, sequences, tmp_path / "capped", tmp_path / "c.json", tmp_path / "c.parquet")
+    assert result["converged"] is False
 
 
 def test_popularity_by_hand(tmp_path):
@@ -126,9 +134,9 @@ def test_id_baselines_learn_item_embeddings_without_caches(tiny_run, tmp_path, m
 
 def test_topk_export_and_recommend(tiny_run, tmp_path):
     runs, items, sequences = tiny_run
-    train(runs["va"], items, sequences, tmp_path / "runs" / "va", progress=False)
-    evaluate(runs["va"], items, sequences, tmp_path / "runs" / "va", tmp_path / "va.json", tmp_path / "va.pu.parquet",
-             topk_parquet=tmp_path / "va.topk.parquet")
+    train(runs["va"], items, sequences, tmp_path / "runs" / "va" / "seed12345", progress=False)
+    evaluate(runs["va"], items, sequences, tmp_path / "runs" / "va" / "seed12345", tmp_path / "va.json",
+             tmp_path / "va.pu.parquet", topk_parquet=tmp_path / "va.topk.parquet")
     topk = pq.read_table(tmp_path / "va.topk.parquet").to_pandas()
     seqs = dict(zip(*[pq.read_table(sequences).column(c).to_pylist() for c in ("user_id", "items")]))
     for user, rows in topk.groupby("user_id"):

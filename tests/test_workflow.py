@@ -36,7 +36,7 @@ encoders:
 runs:
   va: {method: iisan, text: minilm, image: vit-tiny, layerdrop: group}
   va-llm: {method: iisan, text: llm-tiny, image: vit-tiny, layerdrop: {text: "1(top)", image: all}}
-  frozen: {method: frozen, text: minilm, image: vit-tiny}
+  frozen: {method: frozen, text: minilm, image: vit-tiny, seeds: [1, 2]}
   popularity: {method: popularity}
 encode: {chunk_items: 32}
 train: {max_epochs: 2, batch_size: 16}
@@ -64,6 +64,17 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert caches == ["llm-tiny.h0-4.zarr", "minilm.h0-2-4-6.zarr", "minilm.h0-6.zarr", "vit-tiny.h0-1-2.zarr",
                       "vit-tiny.h0-2.zarr"]
     assert json.loads((tmp_path / "results/tiny/va.json").read_text())["encoders"]["text"]["kept_states"] == [0, 6]
+
+    # `seeds`: one model per seed, and the run's result is their mean and spread.
+    frozen = json.loads((tmp_path / "results/tiny/frozen.json").read_text())
+    per_seed = [json.loads((tmp_path / f"results/tiny/runs/frozen/seed{s}/result.json").read_text()) for s in (1, 2)]
+    assert frozen["seeds"] == [1, 2] and [r["seed"] for r in per_seed] == [1, 2]
+    for m in ("hr@10", "ndcg@10"):
+        values = [r["metrics"]["test"][m] for r in per_seed]
+        assert frozen["metrics"]["test"][m] == pytest.approx(sum(values) / 2)
+        assert frozen["metrics_std"]["test"][m] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+    assert sorted(set(pq.read_table(tmp_path / "results/tiny/frozen.topk.parquet").column("seed").to_pylist())) == [1, 2]
+    assert json.loads((tmp_path / "results/tiny/va.json").read_text())["metrics_std"]["test"]["hr@10"] == 0.0
 
     again = snakemake(tmp_path, "--cores", "1", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -168,7 +179,8 @@ def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
     (tmp_path / "items.tsv").write_text("a\tA\nb\tB\nc\tC\nd\tD\n")
     _, jobs = plan(tmp_path, f"  scientific: {{format: iisan-split, users: {tmp_path}/users.tsv, "
                              f"items: {tmp_path}/items.tsv}}\n", "results/scientific/llama3-70b.json")
-    assert sorted((k, len(v)) for k, v in jobs.items()) == [("encode", 2), ("evaluate", 1), ("prepare", 1), ("train", 1)]
+    assert sorted((k, len(v)) for k, v in jobs.items()) == [("aggregate", 1), ("encode", 2), ("evaluate", 1),
+                                                            ("prepare", 1), ("train", 1)]
     encodes = {o.split(",")[0]: r for o, r in jobs["encode"].items()}
     # 7 of Llama-3-70B's 81 hidden states (group LayerDrop to ViT-base's 6 blocks), on a GPU.
     assert encodes.keys() == {"results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr",
@@ -207,11 +219,11 @@ def test_all_paper_tables_dry_run_lists_the_dag_with_gpu_resources(tmp_path):
     tables = {o for o in jobs["table"]} | {o for o in jobs["figure"]} | set(jobs["figure5"])
     assert {o.split(",")[0] for o in tables} == {f"results/tables/table{i}.md" for i in range(3, 10)} | {
         f"results/tables/figure{i}.png" for i in range(4, 8)}
-    assert len(jobs["train"]) == len(jobs["evaluate"]) == 82  # every run of every table, once
-    assert re.search(r"\ntotal\s+232\n", out)  # the README's count
+    assert len(jobs["train"]) == len(jobs["evaluate"]) == len(jobs["aggregate"]) == 82  # every run of every table, once
+    assert re.search(r"\ntotal\s+314\n", out)  # the README's count
     llama70 = jobs["encode"]["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
     assert "gpu=1" in llama70 and "runtime=360" in llama70 and "cpus_per_gpu=8" in llama70
     video = next(r for o, r in jobs["caption"].items() if "video_caption" in o)
     assert "gpu=2" in video and "device_map=auto" in video
-    assert "gpu=1" in jobs["train"]["results/scientific/runs/llama3-70b/model.safetensors, "
-                                    "results/scientific/runs/llama3-70b/train_log.json"]
+    assert "gpu=1" in jobs["train"]["results/scientific/runs/llama3-70b/seed12345/model.safetensors, "
+                                    "results/scientific/runs/llama3-70b/seed12345/train_log.json"]

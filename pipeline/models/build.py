@@ -39,9 +39,11 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None,
     item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
                                  intra="intra" not in ablate, inter="inter" not in ablate,
-                                 learn_gates="gate" not in ablate)
-    item_encoder = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder}.get(m.item_encoder)
-    item_encoder = IDItemEncoder(num_items, t["embed_dim"]) if m.item_encoder == "id" else item_encoder(item_cfg)
+                                 gated="gate" not in ablate)
+    if m.item_encoder == "id":
+        item_encoder = IDItemEncoder(num_items, t["embed_dim"], t["init"])
+    else:
+        item_encoder = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder}[m.item_encoder](item_cfg)
 
     towers = nn.ModuleDict()
     if m.uncached:
@@ -51,19 +53,23 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None,
 
         for name, tower in run["towers"].items():
             records = items.select(item_columns(tower["settings"])).to_pylist()
-            towers[name] = LiveTower(tower["settings"], tower["kept_states"], records, m.adapt)
-            towers[name].lr_group = name
+            towers[name] = LiveTower(tower["settings"], tower["kept_states"], records, m.adapt, name)
     elif caches is not None:
         towers.update({name: CachedTower(states) for name, states in caches.items()})
 
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
-                                 max_len=t["max_history"], dropout=t["dropout"])
-    return Recommender(item_encoder, USER_ENCODERS[m.user_encoder](user_cfg), towers)
+                                 max_len=t["max_history"], dropout=t["dropout"], init=t["init"])
+    return Recommender(item_encoder, USER_ENCODERS[m.user_encoder](user_cfg), towers, loss=t["loss"],
+                       last_position_only=t["windows"] == "all")
+
+
+LR_GROUPS = ("user", "image", "text", "adapter_image", "adapter_text")
 
 
 def learning_rates(t: dict) -> dict[str, float]:
-    """The learning rate of each group a module can declare (Recommender.optimizer_groups)."""
-    return {"user": t["lr_user"], "image": t["lr_image"], "text": t["lr_text"]}
+    """The learning rate of each group a module can declare (Recommender.optimizer_groups):
+    train.lr_<group>, times train.lr_scale."""
+    return {g: t[f"lr_{g}"] * t["lr_scale"] for g in LR_GROUPS}
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

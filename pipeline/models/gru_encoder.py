@@ -1,4 +1,7 @@
-"""GRU4Rec-style user encoder: a GRU over the item embeddings of the history (Table V's IDRec)."""
+"""GRU4Rec-style user encoder: a GRU over the item embeddings of the history (Table V's IDRec).
+
+As RecBole's GRU4Rec: dropout on the item embeddings, one bias-free GRU layer, its weights
+xavier_uniform_."""
 import torch
 from torch import nn
 
@@ -11,7 +14,9 @@ class GRUUserEncoder(nn.Module):
     def __init__(self, cfg: UserEncoderConfig):
         super().__init__()
         self.dropout = nn.Dropout(cfg.dropout)
-        self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=1, batch_first=True)
+        self.gru = nn.GRU(cfg.dim, cfg.dim, num_layers=1, bias=False, batch_first=True)
+        nn.init.xavier_uniform_(self.gru.weight_ih_l0)
+        nn.init.xavier_uniform_(self.gru.weight_hh_l0)
 
     def forward(self, items: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # items [B, L, d]; mask [B, L] True for real items (left padded) -> [B, L, d]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.backbone import Backbone, pooled_states
-from pipeline.models.tuning import prepare_backbone
+from pipeline.models.tuning import adapter_modules, prepare_backbone
 
 
 def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> tuple[dict, torch.Tensor]:
@@ -41,11 +41,12 @@ def item_inputs(backbone: Backbone, records: list[dict], chunk: int = 256) -> tu
 
 
 class LiveTower(nn.Module):
-    """One modality's backbone, adapted by `method` (see tuning.py), pooled at the kept states."""
+    """One tower's backbone (`slot`: text or image), adapted by `method` (see tuning.py), pooled
+    at the kept states."""
 
     max_batch = 256  # items per forward pass when every item is embedded (evaluation)
 
-    def __init__(self, settings: dict, states: list[int], records: list[dict], method: str):
+    def __init__(self, settings: dict, states: list[int], records: list[dict], method: str, slot: str):
         super().__init__()
         backbone = Backbone(settings, states)
         self.states, self.pool = list(states), backbone.pool
@@ -53,6 +54,9 @@ class LiveTower(nn.Module):
         # padding and items without a readable image (encode.missing_image: zeros).
         self.inputs, self.blank = item_inputs(backbone, records)
         self.model = prepare_backbone(backbone.model, method)
+        self.lr_group = slot  # the backbone's own weights (fft, bitfit): the tower's rate
+        for module in adapter_modules(self.model):
+            module.lr_group = f"adapter_{slot}"
         self.trainable = any(p.requires_grad for p in self.model.parameters())
 
     def train(self, mode: bool = True):

@@ -7,12 +7,20 @@ learning-rate group with an `lr_group` attribute; undeclared modules are in `use
 import torch
 from torch import nn
 
-from pipeline.models.loss import in_batch_debiased_ce
+from pipeline.models.loss import full_softmax_ce, in_batch_debiased_ce
 
 
 class Recommender(nn.Module):
-    def __init__(self, item_encoder: nn.Module, user_encoder: nn.Module, towers: nn.ModuleDict | None = None):
+    """loss: `in-batch` (debiased, over the batch's items; the paper's eq. 6-7) or `full` (softmax
+    over every item). last_position_only: a training window counts only its last position (the
+    windows are every prefix of a sequence, RecBole's augmentation); otherwise every position."""
+
+    def __init__(self, item_encoder: nn.Module, user_encoder: nn.Module, towers: nn.ModuleDict | None = None,
+                 loss: str = "in-batch", last_position_only: bool = False):
         super().__init__()
+        if loss not in ("in-batch", "full"):
+            raise ValueError(f"unknown loss {loss!r}")
+        self.loss, self.last_position_only = loss, last_position_only
         # {tower: item ids [B] -> kept states [B, K, D]}: cached (CachedTower) or backbones in the
         # loop (LiveTower); empty for the ID baselines, or before a cached run's caches are attached.
         self.towers = towers if towers is not None else nn.ModuleDict()
@@ -27,11 +35,19 @@ class Recommender(nn.Module):
         return self.user_encoder(item_embs, items != 0)
 
     def calculate_loss(self, windows: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
-        """In-batch debiased cross-entropy of training windows [B, L+1] (each item embedded once)."""
-        unique, inverse = torch.unique(windows, return_inverse=True)
-        embs = self.embed_items(unique)[inverse]  # [B, L+1, d]
-        states = self.user_states(embs[:, :-1], windows[:, :-1])  # [B, L, d]
-        return in_batch_debiased_ce(states, embs, windows, log_pop)
+        """The loss of training windows [B, L+1]: position t's state predicts item t+1.
+        log_pop [N+1]: log training frequency of each item (the in-batch loss's debiasing)."""
+        rows = windows[:, :-1] != 0  # [B, L] positions holding an item
+        if self.last_position_only:
+            rows[:, :-1] = False
+        if self.loss == "in-batch":
+            unique, inverse = torch.unique(windows, return_inverse=True)
+            embs = self.embed_items(unique)[inverse]  # [B, L+1, d], each item embedded once
+            states = self.user_states(embs[:, :-1], windows[:, :-1])  # [B, L, d]
+            return in_batch_debiased_ce(states, embs, windows, log_pop, rows)
+        items = self.embed_items(torch.arange(len(log_pop), device=windows.device))  # [N+1, d]
+        states = self.user_states(items[windows[:, :-1]], windows[:, :-1])  # [B, L, d]
+        return full_softmax_ce(states[rows], items, windows[:, 1:][rows])
 
     @torch.no_grad()
     def item_embeddings(self, num_items: int, batch: int = 4096) -> torch.Tensor:
@@ -67,10 +83,11 @@ class Recommender(nn.Module):
 
 
 def train_step(model: Recommender, optimizer: torch.optim.Optimizer, windows: torch.Tensor,
-               log_pop: torch.Tensor) -> float:
-    """One optimisation step on training windows [B, L+1]; returns the loss."""
+               log_pop: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on training windows [B, L+1]; returns the loss, detached and on the
+    model's device (reading it would wait for a GPU: callers read an epoch's losses at once)."""
     loss = model.calculate_loss(windows, log_pop)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item()
+    return loss.detach()

@@ -37,6 +37,17 @@ class HoulsbyAdapter(nn.Module):
         return y + self.up(nn.functional.gelu(self.down(y)))
 
 
+def adapter_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules a method added to the backbone (Houlsby adapters, LoRA layers): their
+    parameters train at the adapter learning rate, as the reference groups `adapter` and `lora`."""
+    found = [m for m in model.modules() if isinstance(m, HoulsbyAdapter)]
+    if any("lora_" in name for name, _ in model.named_parameters()):
+        from peft.tuners.lora import LoraLayer
+
+        found += [m for m in model.modules() if isinstance(m, LoraLayer)]
+    return found
+
+
 def _matching(model: nn.Module, suffixes: tuple[str, ...]) -> list[str]:
     return [name for name, module in model.named_modules()
             if isinstance(module, nn.Linear) and name.endswith(suffixes)]

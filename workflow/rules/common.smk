@@ -14,6 +14,7 @@ from pipeline.config import (
     load_config,
     raw_paths,
     resolve_run,
+    run_seeds,
 )
 from pipeline.methods import method
 
@@ -38,6 +39,7 @@ wildcard_constraints:
     # A store of a caption column is named <encoder>.<column>.<states>.zarr; of titles, <encoder>.<states>.zarr.
     read=r"(\.[a-z][a-z0-9_]*)?",
     column=r"[a-z][a-z0-9_]*",
+    seed=r"\d+",
 
 
 def names_matching(predicate):
@@ -51,9 +53,11 @@ def default_targets():
 
 
 def run_settings(wildcards, stage="evaluate"):
-    """The resolved run, passed to the stage as JSON: a change re-runs the job, so training
-    does not see the evaluation settings."""
-    run = resolve_run(CFG, wildcards.dataset, wildcards.run)
+    """The resolved run (for the job's seed), passed to the stage as JSON: a change re-runs the
+    job, so training does not see the evaluation settings."""
+    seed = getattr(wildcards, "seed", None)
+    seed = int(seed) if seed is not None else None
+    run = resolve_run(CFG, wildcards.dataset, wildcards.run, seed)
     if stage == "train":
         del run["evaluate"]
     return json.dumps(run, sort_keys=True)
@@ -205,7 +209,7 @@ def tables(dataset):
 def evaluate_inputs(wildcards):
     files = tables(wildcards.dataset)
     if method(CFG["runs"][wildcards.run]["method"]).trains:
-        files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/model.safetensors"
+        files["model"] = f"results/{wildcards.dataset}/runs/{wildcards.run}/seed{wildcards.seed}/model.safetensors"
         files["caches"] = run_caches(wildcards)
     return files
 

@@ -7,15 +7,15 @@ rule train:
         unpack(lambda w: tables(w.dataset)),
         caches=run_caches,
     output:
-        model="results/{dataset}/runs/{run}/model.safetensors",
-        log="results/{dataset}/runs/{run}/train_log.json",
+        model="results/{dataset}/runs/{run}/seed{seed}/model.safetensors",
+        log="results/{dataset}/runs/{run}/seed{seed}/train_log.json",
     params:
         run=lambda w: run_settings(w, stage="train"),
         out_dir=lambda w, output: Path(output.model).parent,
     log:
-        "results/logs/{dataset}/train.{run}.log",
+        "results/logs/{dataset}/train.{run}.seed{seed}.log",
     benchmark:
-        "results/benchmarks/{dataset}/train.{run}.tsv"
+        "results/benchmarks/{dataset}/train.{run}.seed{seed}.tsv"
     threads: CFG["train"]["threads"]
     resources:
         cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
