@@ -12,7 +12,6 @@ Loading follows the encoder's config entry:
 - device_map "auto" spreads a large model over the GPUs of a node (accelerate); otherwise the model
   goes to the one GPU, or the CPU when there is none.
 """
-import importlib
 import importlib.util
 
 import numpy as np
@@ -21,6 +20,7 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
+from pipeline.files import model_path  # noqa: F401 (re-exported: where a model loads from)
 from pipeline.pooling import POOLERS
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,13 +30,6 @@ UNUSED_MODULES = ("pooler", "head")
 
 class BackboneError(ValueError):
     """An encoder entry that does not match its checkpoint, or a missing optional package."""
-
-
-def model_path(settings: dict) -> str:
-    """Hub id or folder for from_pretrained; `package` names a module with get_model_path()."""
-    if settings.get("package"):
-        return str(importlib.import_module(settings["package"]).get_model_path())
-    return settings["path"]
 
 
 def model_class(settings: dict):

@@ -1,16 +1,31 @@
-"""The cache contract: a Zarr store of kept, pooled states, read by train and evaluate.
+"""The cache contract: a Zarr store of kept, pooled states, written by encode and read by train,
+evaluate and recommend.
 
-Layout and attributes are described in pipeline/encode.py, which writes the stores. This module
-only reads and checks them, so the training side never imports transformers.
+Layout: array `states` (N+1, K, D) float16, row 0 = padding, chunked along items; `done` one
+flag per chunk; `missing` one code per item; every chunk zstd-compressed with a CRC-32C
+checksum, written even when it is all zeros, so a corrupt chunk fails its checksum and a
+deleted one is noticed. Attributes: the request's identity (store_attributes), `complete`.
+This module only reads and checks stores, so the training side never imports transformers.
+
+Readers (read_states) require a complete store whose every chunk is done and present, and
+compare its whole identity with the run's request. A store larger than the memory budget is
+streamed: read once, checksums verified, into a raw float16 file beside it
+(`<store>.<identity>.f16`), from which a batch's rows are read with pread; the values are the
+store's, bit for bit.
 """
 import hashlib
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import zarr
 
+from pipeline.files import model_path, weights_fingerprint
 from pipeline.methods import method
+
+FORMAT_VERSION = 3  # 3: CRC-32C per chunk, every chunk written
 
 
 class CacheError(ValueError):
@@ -36,6 +51,26 @@ def item_columns(settings: dict) -> list[str]:
     return list(dict.fromkeys(["item_id", "title", "image", settings.get("column", "title")]))
 
 
+def store_attributes(settings: dict, states: list[int], items) -> dict:
+    """Everything that decides a store's content: a store is reused only for the same request."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": settings.get("package") or settings["path"],
+        "weights_fingerprint": weights_fingerprint(model_path(settings)),
+        "modality": settings["modality"],
+        "kept_states": list(states),
+        "pooling": settings["pooling"],
+        "max_length": settings["max_length"] if settings["modality"] == "text" else None,
+        "hidden_size": settings["hidden_size"],
+        "compute_dtype": settings.get("dtype", "float32"),
+        "quantization": settings.get("quantization"),
+        "dtype": "float16",
+        "items": items.num_rows,
+        "items_fingerprint": items_fingerprint(items, settings.get("column", "title")),
+        **({"column": settings["column"]} if "column" in settings else {}),
+    }
+
+
 def check_attributes(found: dict, expected: dict, where: Path) -> None:
     diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
     if diff:
@@ -47,28 +82,130 @@ def check_attributes(found: dict, expected: dict, where: Path) -> None:
 
 
 def open_store(path: Path) -> zarr.Group:
-    """Open a finished cache read-only."""
-    return zarr.open_group(str(path), mode="r")
+    """Open a store read-only."""
+    try:
+        return zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError) as e:
+        raise CacheError(f"{path} is not a readable Zarr store ({e}); delete it and encode again") from None
+
+
+def check_complete(store: zarr.Group, path: Path) -> None:
+    """Refuse a store that was not finished, or that lost chunks since."""
+    attrs = dict(store.attrs)
+    if not attrs.get("complete"):
+        raise CacheError(f"{path} is not complete (an encode was interrupted or is running); run encode again")
+    if not store["done"][:].all():
+        raise CacheError(f"{path} is marked complete but some chunks are not done; delete it and encode again")
+    states = store["states"]
+    expected = states.nchunks
+    present = sum(1 for f in (Path(path) / "states" / "c").rglob("*") if f.is_file())
+    if present != expected:
+        raise CacheError(f"{path}: {expected - present} of its {expected} chunks of states are missing on disk "
+                         f"(deleted or never synced); delete the store and encode again")
+
+
+def read_chunk_rows(store: zarr.Group, path: Path, lo: int, hi: int) -> np.ndarray:
+    """states[lo:hi], a failed checksum or decompression reported with the store and rows."""
+    try:
+        return store["states"][lo:hi]
+    except Exception as e:  # zarr raises ValueError (checksum) or RuntimeError (zstd) without naming the chunk
+        chunk = store["states"].chunks[0]
+        raise CacheError(f"{path}: rows {lo}-{hi - 1} (chunk {lo // chunk}) cannot be read: {e}; the store is "
+                         f"corrupt: delete it and encode again") from None
+
+
+def expected_attributes(tower: dict, items) -> dict:
+    """The store identity a resolved run's cached tower asks for."""
+    return store_attributes(tower["settings"], tower["kept_states"], items) | {"complete": True}
+
+
+class StreamedStates:
+    """A store's states read from a raw float16 file, a batch of rows at a time (pread of
+    contiguous runs), so that only the batch is in memory."""
+
+    def __init__(self, raw: Path, shape: tuple[int, int, int]):
+        self.raw, self.shape = raw, shape
+        self.row_bytes = shape[1] * shape[2] * 2
+        self.fd = os.open(raw, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, ids: np.ndarray) -> np.ndarray:  # [B] -> [B, K, D] float16
+        ids = np.asarray(ids, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        out = np.empty((len(ids), *self.shape[1:]), dtype=np.float16)
+        starts = np.flatnonzero(np.diff(sorted_ids, prepend=-2) != 1)  # runs of consecutive rows
+        for a, b in zip(starts, np.append(starts[1:], len(ids))):
+            first, count = sorted_ids[a], sorted_ids[b - 1] - sorted_ids[a] + 1
+            block = os.pread(self.fd, int(count) * self.row_bytes, int(first) * self.row_bytes)
+            rows = np.frombuffer(block, dtype=np.float16).reshape(count, *self.shape[1:])
+            out[order[a:b]] = rows[sorted_ids[a:b] - first]
+        return out
+
+    def __del__(self):
+        os.close(self.fd)
+
+
+def _raw_copy(store: zarr.Group, path: Path) -> Path:
+    """The store's states as a raw float16 file beside it, made once (checksums verified on the
+    way, one chunk in memory at a time) and named by the store's identity."""
+    attrs = dict(store.attrs)
+    identity = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    raw = Path(f"{path}.{identity}.f16")
+    if raw.exists():
+        return raw
+    for stale in Path(path).parent.glob(f"{Path(path).name}.*.f16"):  # another identity: an older store
+        stale.unlink()
+    tmp = raw.with_name(f".{raw.name}.tmp{os.getpid()}")
+    states = store["states"]
+    with open(tmp, "wb") as f:
+        for lo in range(0, states.shape[0], states.chunks[0]):
+            f.write(np.ascontiguousarray(read_chunk_rows(store, path, lo, lo + states.chunks[0])).tobytes())
+    os.replace(tmp, raw)
+    return raw
+
+
+def memory_budget_bytes(cache_memory_mb: float | None) -> int:
+    """train.cache_memory_mb, or by default half of the memory now available."""
+    if cache_memory_mb is not None:
+        return int(cache_memory_mb * 2**20)
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):  # not Linux: no budget unless one is given
+        return 2**62
+    return available // 2
+
+
+def read_states(run: dict, items, cache_memory_mb: float | None = None) -> dict:
+    """Each cached tower's states [N+1, K, D] for a resolved run: a float16 tensor in memory, or
+    StreamedStates when the run's stores together exceed the memory budget. Every store is
+    checked against the run and the item table first; {} for a method without caches."""
+    if not method(run["method"]).cached:
+        return {}
+    stores = {}
+    for name, tower in run["towers"].items():
+        path = Path(tower["cache"])
+        if not path.is_dir():
+            raise CacheMismatch(f"{path}: no cache; run the encode stage first")
+        store = open_store(path)
+        check_attributes(dict(store.attrs), expected_attributes(tower, items), path)
+        check_complete(store, path)
+        stores[name] = (path, store)
+    size = sum(np.prod(store["states"].shape) * 2 for _, store in stores.values())
+    stream = size > memory_budget_bytes(cache_memory_mb)
+    out = {}
+    for name, (path, store) in stores.items():
+        if stream:
+            out[name] = StreamedStates(_raw_copy(store, path), store["states"].shape)
+        else:
+            chunk = store["states"].chunks[0]
+            out[name] = torch.from_numpy(np.concatenate([read_chunk_rows(store, path, lo, lo + chunk)
+                                                         for lo in range(0, store["states"].shape[0], chunk)]))
+    return out
 
 
 def store_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-
-
-def read_states(run: dict, items) -> dict[str, torch.Tensor]:
-    """Each tower's cached states [N+1, K, D] (float16, in memory) for a resolved run, checked
-    against the run and the item table (with the text column the tower reads); {} for a method
-    without caches."""
-    caches = {}
-    if not method(run["method"]).cached:
-        return caches
-    for name, tower in run["towers"].items():
-        if not Path(tower["cache"]).is_dir():
-            raise CacheMismatch(f"{tower['cache']}: no cache; run the encode stage first")
-        store = open_store(tower["cache"])
-        expected = {key: tower[key] for key in ("model", "pooling", "kept_states", "hidden_size")}
-        fingerprint = items_fingerprint(items, tower.get("column", "title"))
-        check_attributes(dict(store.attrs), expected | {"complete": True, "items_fingerprint": fingerprint},
-                         tower["cache"])
-        caches[name] = torch.from_numpy(store["states"][:])
-    return caches

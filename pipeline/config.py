@@ -264,6 +264,11 @@ def cache_path(dataset: str, encoder: str, states: list[int], column: str = "tit
     return f"results/{dataset}/cache/{encoder}{read}.{layerdrop.tag(states)}.zarr"
 
 
+def run_dir(results: Path, run_name: str, seed: int) -> Path:
+    """Where a run's seed is trained and evaluated, in a dataset's results folder."""
+    return Path(results) / "runs" / run_name / f"seed{seed}"
+
+
 def caption_path(dataset: str, column: str) -> str:
     """Where the caption rule writes a caption column."""
     return f"results/{dataset}/captions/{column}.parquet"
@@ -324,10 +329,11 @@ def resolve_run(cfg: dict, dataset: str, run_name: str, seed: int | None = None)
                 **read,
                 **({"captions": caption_path(dataset, column)} if read else {}),
             }
+            # The encoder's settings: an uncached run loads its backbone with them; a cached run
+            # checks its stores' whole identity against them.
+            towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read
             if method(run["method"]).cached:
                 towers[tower]["cache"] = cache_path(dataset, run[tower], states, column)
-            else:  # the backbone is loaded by train and evaluate themselves
-                towers[tower]["settings"] = {k: v for k, v in enc.items() if k not in UNSTORED_KEYS} | read
     return {
         "dataset": dataset,
         "run": run_name,

@@ -49,7 +49,7 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
-    model = build_model(run, splits.num_items, items, read_states(run, items)).to(dev).train()
+    model = build_model(run, splits.num_items, items, read_states(run, items, t["cache_memory_mb"])).to(dev).train()
     optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)

@@ -22,9 +22,13 @@ Usage: python -m pipeline.encode --items ITEMS.parquet --settings JSON --states 
            [--shard I N | --gather PART ...]
 """
 import argparse
+import fcntl
 import json
+import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,45 +36,27 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from pipeline.backbone import Backbone, BackboneError, model_path
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from pipeline.backbone import Backbone, BackboneError
 from pipeline.cache import (
     CacheError,
     check_attributes,
+    check_complete,
     item_columns,
     items_fingerprint,
     open_store,
+    store_attributes,
     store_bytes,
 )
-from pipeline.files import weights_fingerprint
 from pipeline.data import DataError
 from pipeline.join_captions import read_items
 
-FORMAT_VERSION = 2
 SORT_CHUNKS = 16  # chunks whose items are length-sorted and batched together (encode.sort_chunks)
 
 
 class EncodeError(CacheError):
     """Bad input or settings, reported without a traceback by the command line."""
-
-
-def store_attributes(settings: dict, states: list[int], items) -> dict:
-    path = model_path(settings)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": settings.get("package") or settings["path"],
-        "weights_fingerprint": weights_fingerprint(path),
-        "modality": settings["modality"],
-        "kept_states": list(states),
-        "pooling": settings["pooling"],
-        "max_length": settings["max_length"] if settings["modality"] == "text" else None,
-        "hidden_size": settings["hidden_size"],
-        "compute_dtype": settings.get("dtype", "float32"),
-        "quantization": settings.get("quantization"),
-        "dtype": "float16",
-        "items": items.num_rows,
-        "items_fingerprint": items_fingerprint(items, settings.get("column", "title")),
-        **({"column": settings["column"]} if "column" in settings else {}),
-    }
 
 
 MISSING_CODES = {"ok": 0, "no_image": 1, "unreadable": 2, "no_text": 3}
@@ -86,18 +72,67 @@ def shard_rows(n_rows: int, window: int, shard: int, shards: int) -> tuple[int, 
 
 
 def _new_store(path: Path, n_rows: int, n_states: int, width: int, chunk_items: int, attrs: dict) -> zarr.Group:
+    # Every chunk checksummed (a flipped byte fails to read) and written even when all zeros (a
+    # deleted chunk file is noticed by counting them: pipeline.cache.check_complete).
+    checked = {"compressors": [ZstdCodec(), Crc32cCodec()], "config": {"write_empty_chunks": True}}
     group = zarr.open_group(str(path), mode="w")
     group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
-                       dtype="float16", fill_value=0)
-    group.create_array("done", shape=(-(-n_rows // chunk_items),), chunks=(1,), dtype="bool", fill_value=False)
+                       dtype="float16", fill_value=0, **checked)
+    group.create_array("done", shape=(-(-n_rows // chunk_items),), chunks=(1,), dtype="bool", fill_value=False,
+                       **checked)
     # per item: 0 = encoded, 1 = no image, 2 = unreadable image, 3 = no caption (states left at zero)
-    group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0)
+    group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0, **checked)
     group.attrs.update(attrs | {"complete": False})
     return group
 
 
+@contextmanager
+def store_lock(out: Path):
+    """Hold an exclusive lock on `out` (its store and its .partial) for the block: a second
+    encode of the same store fails at once instead of corrupting it. The lock dies with its
+    process, so a killed encode leaves nothing to clean up."""
+    lock = out.with_name(out.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise EncodeError(f"{out} is being written by another encode (pid {holder}); wait for it to finish") from None
+        if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            break  # locked the file that is still in place (not one its last holder just removed)
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.unlink(lock)
+        os.close(fd)
+
+
+def _open_partial(partial: Path, expected: dict, make) -> zarr.Group:
+    """The half-written store to continue, or a new one: a .partial whose Zarr metadata is gone
+    (killed while creating it) is started again; one written for another request is refused."""
+    if partial.exists():
+        try:
+            group = zarr.open_group(str(partial), mode="r+")
+            found = dict(group.attrs)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
+            found = None
+        if found is not None and "done" in group and "states" in group:
+            check_attributes(found, expected, partial)
+            return group
+        print(f"{partial} has no usable Zarr metadata (interrupted while being created): starting it again")
+        shutil.rmtree(partial)
+    return make()
+
+
 def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: dict) -> None:
-    """Count the items encoded as zeros, mark the store complete and move it into place."""
+    """Count the items encoded as zeros, mark the store complete and move it into place (a store
+    already there, for another request, is replaced only now)."""
     if not all(group["done"][:]):
         raise RuntimeError(f"{partial}: some chunks are not done")
     codes = group["missing"][:]
@@ -106,7 +141,15 @@ def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: d
     if any(report.values()):
         print(f"{out.name}: items encoded as zeros: {report}")
     group.attrs.update(attrs | {"missing_items": report, "complete": True})
-    partial.rename(out)
+    if partial == out:  # appended in place
+        return
+    if out.exists():
+        old = out.with_name(out.name + ".replaced")
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old)
+    else:
+        partial.rename(out)
 
 
 def _request(items_parquet: Path, settings: dict, states: list[int], missing_image: str, captions=()):
@@ -119,68 +162,127 @@ def _request(items_parquet: Path, settings: dict, states: list[int], missing_ima
 
 def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, chunk_items: int = 256,
            missing_image: str = "zeros", on_chunk_done=None, shard: tuple[int, int] | None = None,
-           captions=(), sort_chunks: int = SORT_CHUNKS) -> dict:
-    """Write (or finish) the cache at `out`; return its attributes. Resumable per chunk.
+           captions=(), sort_chunks: int = SORT_CHUNKS, replace: bool = False) -> dict:
+    """Write, finish or extend the cache at `out`; return its attributes. Resumable per chunk.
 
     Items are encoded a window of `sort_chunks` chunks at a time, sorted by token length inside
     the window so that a batch pads little; windows are counted from the store's first row, so
     the same items share a batch whether the store is encoded whole, resumed or sharded (a
     resumed window is encoded again whole). A writer thread converts each window to float16
     and writes its chunks while the next window runs.
+    An existing store for the same request is left alone. One whose item table is a prefix of
+    this one (the catalogue grew) is extended in place: only the new items are encoded, and the
+    earlier rows are not touched. One for another request is refused, or with `replace`
+    re-encoded beside it and swapped in once complete (the Snakemake rule replaces).
     missing_image: what an item without a readable image gets: `zeros` (its states stay zero,
     like padding, and it is counted in the `missing` array) or `error`.
     shard: (i, n) writes only shard i of n, a part store holding its rows (see shard_rows), for
     `gather` to assemble. captions: caption files whose columns join the item table.
     """
     items, expected = _request(items_parquet, settings, states, missing_image, captions)
-    n_rows, n_states, width = items.num_rows + 1, len(states), settings["hidden_size"]
+    n_rows, layout = items.num_rows + 1, {"chunk_items": chunk_items, "sort_chunks": sort_chunks}
     window = chunk_items * sort_chunks
     base, end = shard_rows(n_rows, window, *shard) if shard else (0, n_rows)
     if shard:
         expected |= {"shard": list(shard), "rows": [base, end]}
-    if out.exists():
-        check_attributes(dict(open_store(out).attrs), expected | {"complete": True}, out)
-        print(f"{out} is complete; nothing to do")
-        return expected
-
     records = items.select(item_columns(settings)).to_pylist()
     if settings["modality"] == "image" and not any(r["image"] for r in records):
         raise EncodeError(f"no item of {items_parquet} has an image: set the dataset's `images` folder "
                           f"(or use a run without an image tower)")
 
-    layout = {"chunk_items": chunk_items, "sort_chunks": sort_chunks}
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        group = zarr.open_group(str(partial), mode="r+")
-        check_attributes(dict(group.attrs), expected | layout, partial)
-    else:
-        group = _new_store(partial, end - base, n_states, width, chunk_items, expected | layout)
+    with store_lock(out):
+        if out.exists():
+            found = _found_attributes(out, replace)
+            if found is not None and all(found.get(k) == v for k, v in (expected | {"complete": True}).items()):
+                print(f"{out} is complete; nothing to do")
+                return expected
+            first = None if shard or found is None else _extended_prefix(found, expected, items, settings, layout)
+            if first is not None:
+                group = zarr.open_group(str(out), mode="r+")
+                _grow(group, found, expected, n_rows, chunk_items)
+                _encode_rows(group, settings, states, records, out, first, n_rows, 0, window, chunk_items,
+                             missing_image, on_chunk_done, out, extra={"extends": found.get("extends", []) + [
+                                 {"items": found["items"], "items_fingerprint": found["items_fingerprint"]}]})
+                return expected
+            if not replace:
+                check_attributes(found, expected | {"complete": True}, out)
+        partial = out.with_name(out.name + ".partial")
+        group = _open_partial(partial, expected | layout, lambda: _new_store(
+            partial, end - base, len(states), settings["hidden_size"], chunk_items, expected | layout))
+        _encode_rows(group, settings, states, records, out, base, end, base, window, chunk_items, missing_image,
+                     on_chunk_done, partial)
+    return expected
 
-    done_flags = group["done"][:]  # per chunk of this store
-    windows = [(lo, min(lo + window, end)) for lo in range(base, end, window)]
-    windows = [(lo, hi) for lo, hi in windows
-               if not done_flags[(lo - base) // chunk_items:-(-(hi - base) // chunk_items)].all()]
+
+def _found_attributes(out: Path, replace: bool) -> dict | None:
+    """The attributes of the store at `out`, or None when it is unreadable and may be replaced."""
+    try:
+        return dict(open_store(out).attrs)
+    except CacheError:
+        if replace:
+            return None
+        raise
+
+
+def _extended_prefix(found: dict, expected: dict, items, settings: dict, layout: dict) -> int | None:
+    """The first new row when the store at hand holds exactly the first rows of this item table
+    for this request (a grown catalogue, or an interrupted extension of it); else None."""
+    same = {k for k in expected if k not in ("items", "items_fingerprint")} | set(layout)
+    if any(found.get(k) != (expected | layout)[k] for k in same) or found["items"] >= items.num_rows:
+        return None
+    if found.get("complete") is False and found.get("growing_to") != expected["items_fingerprint"]:
+        return None  # half-written for another table
+    prefix = items.slice(0, found["items"])
+    if items_fingerprint(prefix, settings.get("column", "title")) != found["items_fingerprint"]:
+        return None
+    return found["items"] + 1
+
+
+def _grow(group: zarr.Group, found: dict, expected: dict, n_rows: int, chunk_items: int) -> None:
+    """Make room for the new rows; the chunk shared by the last old and first new rows is done
+    again once its new rows are written."""
+    old_rows = found["items"] + 1
+    if group["states"].shape[0] != n_rows:
+        group["states"].resize((n_rows, *group["states"].shape[1:]))
+        group["missing"].resize((n_rows,))
+        group["done"].resize((-(-n_rows // chunk_items),))
+        if old_rows % chunk_items:
+            group["done"][old_rows // chunk_items] = False
+    group.attrs.update({"complete": False, "growing_to": expected["items_fingerprint"]})
+
+
+def _encode_rows(group: zarr.Group, settings: dict, states: list[int], records: list[dict], out: Path, lo: int,
+                 hi: int, base: int, window: int, chunk_items: int, missing_image: str, on_chunk_done,
+                 partial: Path, extra: dict | None = None) -> None:
+    """Encode item rows lo..hi of the store (store row 0 is item row `base`) window by window
+    (the grid of `window` rows from row 0, cut at lo), skipping windows whose chunks are done."""
+    done_flags = group["done"][:]
+    edges = sorted({lo, hi} | set(range((lo // window + 1) * window, hi, window)))
+    windows = [(a, b) for a, b in zip(edges, edges[1:])
+               if not done_flags[(a - base) // chunk_items:-(-(b - base) // chunk_items)].all()]
     try:
         backbone = Backbone(settings, states) if windows else None
     except BackboneError as e:
         raise EncodeError(str(e)) from None
-    todo_rows = sum(hi - lo for lo, hi in windows)
-    bar = tqdm(total=end - base, initial=end - base - todo_rows, unit="item", desc=f"encode {out.name}", smoothing=0.1)
+    todo = sum(b - a for a, b in windows)
+    bar = tqdm(total=hi - lo, initial=hi - lo - todo, unit="item", desc=f"encode {out.name}", smoothing=0.1)
     state = {"batch_size": settings["batch_size"]}
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer") as writer:
         pending = None
-        for lo, hi in windows:
-            block, codes = _encode_window(backbone, records, lo, hi, width, missing_image, state, bar)
+        for a, b in windows:
+            block, codes = _encode_window(backbone, records, a, b, settings["hidden_size"], missing_image, state, bar)
             if pending is not None:
                 pending.result()  # one window in flight: its chunks are written (and marked done) in order
-            pending = writer.submit(_write_window, group, block, codes, lo - base, chunk_items, on_chunk_done)
+            pending = writer.submit(_write_window, group, block, codes, a - base, chunk_items, on_chunk_done)
         if pending is not None:
             pending.result()
     bar.close()
-    _finish(group, partial, out, settings["modality"],
-            {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": state["batch_size"]})
-    return expected
+    attrs = {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": state["batch_size"]}
+    if extra:  # an extension: the grown table's identity, and the prefixes it extends
+        attrs |= extra | {"items": len(records), "items_fingerprint": group.attrs["growing_to"]}
+        del group.attrs["growing_to"]
+    _finish(group, partial, out, settings["modality"], attrs)
 
 
 def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, width: int, missing_image: str,
@@ -245,16 +347,20 @@ def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, wi
 
 def _write_window(group: zarr.Group, block: torch.Tensor, codes: np.ndarray, first: int, chunk_items: int,
                   on_chunk_done) -> None:
-    """Write a window's rows (starting at store row `first`, a chunk boundary) chunk by chunk as
-    float16, marking each chunk done after its states are written."""
+    """Write a window's rows (from store row `first`) chunk by chunk as float16, marking each
+    chunk done after its states are written. A window ends on a chunk boundary (or the store's
+    end); it starts on one unless it extends a store, whose last chunk it then completes."""
     states = block.numpy().astype(np.float16)
-    for c in range(0, len(states), chunk_items):
-        group["states"][first + c:first + c + chunk_items] = states[c:c + chunk_items]
-        group["missing"][first + c:first + c + chunk_items] = codes[c:c + chunk_items]
+    c = 0
+    while c < len(states):
+        n = min(len(states) - c, chunk_items - (first + c) % chunk_items)  # up to the chunk's end
+        group["states"][first + c:first + c + n] = states[c:c + n]
+        group["missing"][first + c:first + c + n] = codes[c:c + n]
         chunk = (first + c) // chunk_items
         group["done"][chunk] = True
         if on_chunk_done:
             on_chunk_done(chunk)
+        c += n
 
 
 def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[Path], out: Path,
@@ -272,6 +378,7 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
             raise EncodeError(f"{path} is not a part store of a sharded encode (no 'shard' attribute)")
         check_attributes({k: v for k, v in attrs.items() if k not in ("shard", "rows")},
                          expected | {"complete": True} | layout, path)
+        check_complete(open_store(path), path)
         found[tuple(attrs["shard"])] = (path, attrs)
     counts = {n for _, n in found}
     if len(counts) != 1:
@@ -288,8 +395,20 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
         if attrs["rows"] != rows:
             raise EncodeError(f"{path} holds rows {attrs['rows']}, not shard {i}'s {rows}")
 
-    partial = out.with_name(out.name + ".partial")
-    group = _new_store(partial, n_rows, len(states), settings["hidden_size"], chunk_items, expected | layout)
+    with store_lock(out):
+        partial = out.with_name(out.name + ".partial")
+        group = _new_store(partial, n_rows, len(states), settings["hidden_size"], chunk_items, expected | layout)
+        _copy_parts(group, found, shards, chunk_items)
+        timings = [found[(i, shards)][1] for i in range(shards)]
+        _finish(group, partial, out, settings["modality"], {
+            "encode_seconds": round(sum(a["encode_seconds"] for a in timings), 3),
+            "batch_size_used": min(a["batch_size_used"] for a in timings),
+            "shards": shards,
+        })
+    return expected
+
+
+def _copy_parts(group: zarr.Group, found: dict, shards: int, chunk_items: int) -> None:
     for i in range(shards):
         path, attrs = found[(i, shards)]
         lo, hi = attrs["rows"]
@@ -299,13 +418,6 @@ def gather(items_parquet: Path, settings: dict, states: list[int], parts: list[P
         group["missing"][lo:hi] = part["missing"][:]
         first = lo // chunk_items
         group["done"][first:first + part["done"].shape[0]] = part["done"][:]
-    timings = [found[(i, shards)][1] for i in range(shards)]
-    _finish(group, partial, out, settings["modality"], {
-        "encode_seconds": round(sum(a["encode_seconds"] for a in timings), 3),
-        "batch_size_used": min(a["batch_size_used"] for a in timings),
-        "shards": shards,
-    })
-    return expected
 
 
 def main(argv=None):
@@ -325,6 +437,9 @@ def main(argv=None):
                         help="assemble these part stores (all N shards) into --out instead of encoding")
     parser.add_argument("--captions", type=Path, nargs="+", default=(),
                         help="caption files (captions/<column>.parquet) whose columns the encoder may read")
+    parser.add_argument("--replace", action="store_true",
+                        help="a store at --out for another request is re-encoded (swapped in when complete) "
+                             "instead of refused")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device-map", choices=["auto", "none"], default="none",
                         help="auto: spread the model over the GPUs this job sees (accelerate)")
@@ -340,7 +455,7 @@ def main(argv=None):
         else:
             attrs = encode(args.items, settings, args.states, args.out, args.chunk_items, args.missing_image,
                            shard=tuple(args.shard) if args.shard else None, captions=args.captions,
-                           sort_chunks=args.sort_chunks)
+                           sort_chunks=args.sort_chunks, replace=args.replace)
     except (CacheError, DataError) as e:
         raise SystemExit(f"encode: {e}")
     print(f"{args.out}: {attrs['items']} items x {len(args.states)} states x {attrs['hidden_size']}, "

@@ -1,6 +1,7 @@
 """Small file helpers: outputs appear complete or not at all."""
 import csv
 import hashlib
+import importlib
 import json
 import os
 from contextlib import contextmanager
@@ -52,6 +53,13 @@ def sha256_file(path: str | Path, limit: int | None = None) -> str:
             if remaining is not None:
                 remaining -= len(block)
     return h.hexdigest()
+
+
+def model_path(settings: dict) -> str:
+    """Hub id or folder for from_pretrained; `package` names a module with get_model_path()."""
+    if settings.get("package"):
+        return str(importlib.import_module(settings["package"]).get_model_path())
+    return settings["path"]
 
 
 def weights_fingerprint(path: str) -> str:

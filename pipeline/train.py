@@ -63,7 +63,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"], t["windows"])
     if len(splits.train_windows) == 0:
         raise DataError("no user has 2 training items (4 interactions): nothing to train on")
-    model = build_model(run, splits.num_items, items, read_states(run, items)).to(dev)
+    model = build_model(run, splits.num_items, items, read_states(run, items, t["cache_memory_mb"])).to(dev)
     if t["compile"]:  # the encoders only: torch.unique and the losses' masks have data-dependent shapes
         model.item_encoder.compile(dynamic=True)
         model.user_encoder.compile(dynamic=True)

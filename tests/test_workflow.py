@@ -167,7 +167,7 @@ def plan(workdir: Path, datasets: str, target: str) -> tuple[str, dict]:
     jobs = {}
     for block in out.split("\nrule ")[1:]:
         name = block.split(":")[0]
-        output = block.split("output: ")[1].split("\n")[0]
+        output = block.split("output: ")[1].split("\n")[0].removesuffix(" (update)")
         resources = next((line for line in block.splitlines() if line.strip().startswith("resources:")), "")
         jobs.setdefault(name, {})[output] = resources
     return out, jobs

@@ -24,11 +24,10 @@ from pipeline.runtime import device
 USER_ENCODERS = {"sasrec": UserEncoder, "gru": GRUUserEncoder}
 
 
-def build_model(run: dict, num_items: int, items: pa.Table | None = None,
-                caches: dict[str, torch.Tensor] | None = None) -> Recommender:
-    """The run's model. Cached methods read `caches` ({tower: states [N+1, K, D]}; without them
-    the model can load its weights but not embed items); uncached methods load their backbones
-    and prepare `items`' inputs."""
+def build_model(run: dict, num_items: int, items: pa.Table | None = None, caches: dict | None = None) -> Recommender:
+    """The run's model. Cached methods read `caches` ({tower: states [N+1, K, D]} from
+    pipeline.cache.read_states; without them the model can load its weights but not embed
+    items); uncached methods load their backbones and prepare `items`' inputs."""
     m = method(run["method"])
     if not m.trains:
         raise ValueError(f"method '{run['method']}' has no model")
@@ -77,15 +76,41 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
+def load_model(run: dict, items: pa.Table, model_dir: Path) -> tuple[Recommender, int]:
+    """A trained run's model over the current catalogue, in eval mode, and the number of items
+    it can embed. Content models embed every item of `items`, also items added after training
+    (their cached states go through the trained towers); an ID model knows only the items it
+    was trained with, a prefix of the catalogue."""
+    m = method(run["method"])
+    weights = load_file(str(model_dir / "model.safetensors"))
+    known = items.num_rows
+    if m.item_encoder == "id":
+        known = weights["item_encoder.embedding.weight"].shape[0] - 1
+        if known > items.num_rows:
+            raise ValueError(f"{model_dir} was trained on {known} items; the catalogue has only {items.num_rows}")
+    caches = read_states(run, items, run["train"]["cache_memory_mb"])
+    model = build_model(run, known, items, caches).to(device())
+    model.load_state_dict(weights)
+    return model.eval(), known
+
+
 def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None):
     """A function: left-padded histories [U, L] (numpy) -> scores [U, N+1] (on the model's
     device), for a trained run (its caches and model_dir/model.safetensors) or popularity
-    (training counts)."""
+    (training counts). Items an ID model was not trained with score -inf (and count as padding
+    in a history): it cannot recommend them."""
     if not method(run["method"]).trains:  # popularity
         counts = torch.as_tensor(item_counts, dtype=torch.float32)
         return lambda inputs: counts.repeat(len(inputs), 1)
-    model = build_model(run, items.num_rows, items, read_states(run, items)).to(device())
-    model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
-    model.eval()
-    item_embs = model.item_embeddings(items.num_rows)
-    return lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=item_embs.device))
+    model, known = load_model(run, items, model_dir)
+    item_embs = model.item_embeddings(known)  # [known + 1, d]
+    unknown = items.num_rows - known
+
+    def score(inputs):
+        inputs = torch.as_tensor(inputs, device=item_embs.device)
+        scores = model.full_sort_predict(item_embs, inputs.masked_fill(inputs > known, 0))  # [U, known + 1]
+        if unknown:
+            scores = torch.cat([scores, scores.new_full((len(scores), unknown), -torch.inf)], dim=1)
+        return scores
+
+    return score

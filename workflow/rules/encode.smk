@@ -1,15 +1,18 @@
 rule encode:
     """Frozen forward passes over all items; only the kept states go into the Zarr store.
 
-    Resumable: the work lives in <store>.partial until every chunk is written. A text encoder reads
-    the titles, or a caption column (<encoder>.<column>.<states>.zarr) from its captions file.
+    Resumable: the work lives in <store>.partial until every chunk is written. The store is an
+    update() output: Snakemake leaves it in place, so a catalogue that grew is encoded by
+    appending its new items, and a store for other settings is replaced only once the new one is
+    complete (--replace). A text encoder reads the titles, or a caption column
+    (<encoder>.<column>.<states>.zarr) from its captions file.
     Uses the GPUs the job sees (CUDA), else the CPU; asks the scheduler for the encoder's `gpus`.
     Encoders with `shards` > 1 are encoded by encode_shard and gather_shards instead.
     """
     input:
         unpack(encoder_inputs),
     output:
-        directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
+        update(directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr")),
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards == 1),
     params:
@@ -19,7 +22,7 @@ rule encode:
         sort_chunks=CFG["encode"]["sort_chunks"],
         missing_image=CFG["encode"]["missing_image"],
         captions=captions_arg,
-        part="",  # encode_shard: --shard I N; gather_shards: --gather PART ...
+        part="--replace",  # encode_shard: --shard I N; gather_shards: --gather PART ...
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.log",
     benchmark:
@@ -64,6 +67,8 @@ use rule encode as gather_shards with:
     input:
         unpack(encoder_inputs),
         parts=shard_parts,
+    output:
+        directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards > 1),
     params:
