@@ -171,11 +171,9 @@ ITEM_READERS = {  # format -> writes (users, items) whose second item has the gi
 }
 
 
-@pytest.mark.parametrize("fmt", sorted(ITEM_READERS))
-@pytest.mark.parametrize("bad_id", HOSTILE_IDS)
+@pytest.mark.parametrize("fmt,bad_id", [(fmt, bad_id) for fmt in sorted(ITEM_READERS) for bad_id in HOSTILE_IDS
+                                         if not (fmt == "iisan-split" and "\n" in bad_id)])  # no newline in a tsv field
 def test_hostile_item_ids_are_refused_by_every_items_reader(tmp_path, fmt, bad_id):
-    if fmt == "iisan-split" and "\n" in bad_id:
-        pytest.skip("a tsv field cannot hold a newline")
     users, items = ITEM_READERS[fmt](tmp_path, bad_id)
     with pytest.raises(DataError, match=rf"{items.name}, line 2: item id .* cannot name a file"):
         prepare(users, items, None, fmt=fmt)
