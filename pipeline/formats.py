@@ -7,12 +7,17 @@
 - amazon-2018: users = reviews `{Category}.json.gz` (one JSON object per line with reviewerID,
   asin, unixReviewTime), items = `meta_{Category}.json.gz` (asin, title); sequences ordered by
   review time, then filtered to a user/item k-core. Files are streamed line by line.
-Malformed input raises DataError naming the file and line.
+All files are UTF-8 (a leading byte order mark is ignored); a `.gz` name means gzip.
+Malformed input raises DataError naming the file and line. Item ids must be usable as file
+names (images and videos are found as {item_id}.jpg / .mp4), see check_item_id.
 """
 import csv
 import gzip
 import html
 import json
+import math
+import re
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -20,15 +25,54 @@ from pipeline.data import DataError
 
 Sequences = list[tuple[str, list[str]]]
 
+MAX_LINE_BYTES = 16 << 20  # far above any real record; a binary or wrong file fails instead of filling memory
+MAX_ID_BYTES = 200  # plus a suffix and atomic_path's temporary prefix, still under the usual 255-byte name limit
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
-def _lines(path: Path):
-    """(line number, text) of a text file, with a clear error for undecodable bytes."""
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+def check_item_id(item_id: str, path: Path, number: int) -> str:
+    """item_id if it can name a file inside a folder, else a DataError naming the file and line."""
+    if not item_id:
+        problem = "it is empty"
+    elif item_id in (".", ".."):
+        problem = "it names a folder"
+    elif "/" in item_id or "\\" in item_id:
+        problem = "it contains a path separator"
+    elif CONTROL_CHARACTERS.search(item_id):
+        problem = "it contains a control character"
+    elif len(item_id.encode()) > MAX_ID_BYTES:
+        problem = f"it is longer than {MAX_ID_BYTES} bytes"
+    else:
+        return item_id
+    raise DataError(f"{path}, line {number}: item id {item_id!r:.80} cannot name a file: {problem}")
+
+
+def require_text(value, name: str, path: Path, number: int) -> str:
+    """value, which must be a string: a JSON number or list is an error, not str()-ed into an id or title."""
+    if not isinstance(value, str):
+        raise DataError(f"{path}, line {number}: {name} must be text, got {type(value).__name__}")
+    return value
+
+
+def _lines(path: Path, keep_ends: bool = False):
+    """(line number, text) of a UTF-8 text file, gzip-compressed when it ends in .gz. Unreadable,
+    undecodable, overlong or corrupt-gzip input is a DataError naming the file and line."""
+    number = 0
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise DataError(f"{path}, line {number}: longer than {MAX_LINE_BYTES} bytes (the wrong file?)")
+                try:
+                    text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}, line {number}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+                yield number, text if keep_ends else text.rstrip("\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}, line {number + 1}: corrupt or truncated gzip data ({e})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def _tab_records(path: Path, expected: str):
@@ -36,17 +80,22 @@ def _tab_records(path: Path, expected: str):
     for number, line in _lines(path):
         if not line.strip():
             continue
-        key, sep, rest = line.partition("\t")
-        key = key.strip()
-        if not sep or not key:
-            raise DataError(f"{path}, line {number}: expected '{expected}', got {line[:80]!r}")
-        yield number, key, rest
+        if "\r" in line:
+            raise DataError(f"{path}, line {number}: carriage return inside the line (old Mac line ends?)")
+        columns = line.split("\t")
+        key = columns[0].strip()
+        if len(columns) != 2 or not key:
+            raise DataError(f"{path}, line {number}: expected '{expected}' (2 tab-separated columns), "
+                            f"got {len(columns)}: {line[:80]!r}")
+        yield number, key, columns[1]
 
 
 def read_items(path: Path) -> dict[str, str]:
-    """item_id -> title (unescaped). A line without a tab or a repeated id is an error."""
+    """item_id -> title (unescaped). A line without exactly one tab, an id that cannot name a file
+    or a repeated id is an error."""
     titles: dict[str, str] = {}
     for number, item_id, title in _tab_records(path, "item_id<TAB>title"):
+        check_item_id(item_id, path, number)
         if item_id in titles:
             raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
         titles[item_id] = html.unescape(title).strip()
@@ -64,60 +113,64 @@ def read_users(path: Path) -> Sequences:
 
 
 def _csv_rows(path: Path, header: list[str]):
-    """(line number, row) of a CSV file whose header must be `header`."""
+    """(first line number, row) of each record of a CSV file whose header must be `header`."""
+    reader = csv.reader((text for _, text in _lines(path, keep_ends=True)), strict=True)
+    start = 1
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            found = next(reader, None)
-            if [h.strip() for h in found or []] != header:
-                raise DataError(f"{path}, line 1: expected the header {','.join(header)}, got {found}")
-            for row in reader:
-                if not row:
-                    continue
+        found = next(reader, None)
+        if [h.strip() for h in found or []] != header:
+            raise DataError(f"{path}, line 1: expected the header {','.join(header)}, got {found}")
+        start = reader.line_num + 1
+        for row in reader:
+            if row:
                 if len(row) != len(header):
-                    raise DataError(f"{path}, line {reader.line_num}: expected {len(header)} fields, got {len(row)}")
-                yield reader.line_num, [v.strip() for v in row]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+                    raise DataError(f"{path}, line {start}: expected {len(header)} fields, got {len(row)}")
+                yield start, [v.strip() for v in row]
+            start = reader.line_num + 1
+    except csv.Error as e:  # an unterminated quote, a field over csv.field_size_limit()
+        raise DataError(f"{path}, line {start}: {e}") from e
 
 
 def read_titles_csv(path: Path) -> dict[str, str]:
     titles: dict[str, str] = {}
     for number, (item_id, title) in _csv_rows(path, ["item", "title"]):
+        check_item_id(item_id, path, number)
         if item_id in titles:
             raise DataError(f"{path}, line {number}: item '{item_id}' appears twice")
-        titles[item_id] = html.unescape(title)
+        titles[item_id] = html.unescape(title).strip()
     return titles
 
 
 def read_pairs_csv(path: Path) -> Sequences:
     """Chronological sequences from `userID,videoID,timestamp` rows (stable for equal times)."""
     events: dict[str, list[tuple[float, str]]] = {}
-    for number, (user_id, item_id, timestamp) in _csv_rows(path, ["userID", "videoID", "timestamp"]):
+    header = ["userID", "videoID", "timestamp"]
+    for number, row in _csv_rows(path, header):
+        if empty := [name for name, value in zip(header, row) if not value]:
+            raise DataError(f"{path}, line {number}: empty {', '.join(empty)}")
+        user_id, item_id, timestamp = row
         try:
-            events.setdefault(user_id, []).append((float(timestamp), item_id))
+            time = float(timestamp)
         except ValueError:
             raise DataError(f"{path}, line {number}: timestamp {timestamp!r} is not a number") from None
+        if not math.isfinite(time):  # NaN compares false with everything and leaves the sequence unsorted
+            raise DataError(f"{path}, line {number}: timestamp {timestamp!r} is not a finite number")
+        events.setdefault(user_id, []).append((time, item_id))
     return [(u, [i for _, i in sorted(e, key=lambda x: x[0])]) for u, e in events.items()]
 
 
 def json_lines(path: Path):
     """(line number, object) of a JSON-lines file, gzip-compressed when it ends in .gz."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
         try:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}, line {number}: not a JSON object ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}, line {number}: not a JSON object")
-                yield number, record
-        except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not valid UTF-8 ({e.reason})") from e
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {number}: not a JSON object ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}, line {number}: not a JSON object")
+        yield number, record
 
 
 def _require(record: dict, keys: tuple, path: Path, number: int) -> list:
@@ -149,15 +202,19 @@ def read_amazon_2018(reviews: Path, meta: Path, user_k: int = 5, item_k: int = 5
     titles: dict[str, str] = {}
     for number, record in json_lines(meta):
         (asin,) = _require(record, ("asin",), meta, number)
+        asin = check_item_id(require_text(asin, "asin", meta, number), meta, number)
         if asin in titles:
             dropped["repeated items in the metadata file (first kept)"] += 1
             continue
-        titles[asin] = html.unescape(str(record.get("title") or "")).strip()
+        titles[asin] = html.unescape(require_text(record.get("title") or "", "title", meta, number)).strip()
     events: dict[str, list[tuple[int, str]]] = {}
     for number, record in json_lines(reviews):
         user, asin, time = _require(record, ("reviewerID", "asin", "unixReviewTime"), reviews, number)
-        if not isinstance(time, (int, float)):
+        user, asin = require_text(user, "reviewerID", reviews, number), require_text(asin, "asin", reviews, number)
+        if isinstance(time, bool) or not isinstance(time, (int, float)):  # JSON true is an int to Python
             raise DataError(f"{reviews}, line {number}: unixReviewTime {time!r} is not a number")
+        if isinstance(time, float) and not math.isfinite(time):  # json.loads accepts NaN and Infinity
+            raise DataError(f"{reviews}, line {number}: unixReviewTime {time!r} is not a finite number")
         events.setdefault(user, []).append((time, asin))
     sequences = [(u, [a for _, a in sorted(e, key=lambda x: x[0])]) for u, e in events.items()]
     return titles, k_core(sequences, user_k, item_k, dropped), dropped

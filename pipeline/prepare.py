@@ -29,11 +29,12 @@ VIDEO_SUFFIXES = (".mp4",)
 
 
 def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, str]:
-    """item_id -> path of {item_id}.<suffix> in folder."""
+    """item_id -> path of {item_id}.<suffix> in folder. Names are matched against the folder's
+    listing, never joined onto the folder, so no id can point outside it."""
     if folder is None:
         return {}
     if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} does not exist")
+        raise DataError(f"{what} folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
     by_stem = {p.stem: str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
     return {i: by_stem[i] for i in item_ids if i in by_stem}
 
@@ -51,6 +52,10 @@ def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interacti
             dropped[f"users with fewer than {min_interactions} interactions"] += 1
             continue
         kept_users.append((user_id, known))
+    if not kept_users:  # later stages cannot split or train on nothing; say what removed everyone
+        reasons = ", ".join(f"{n} {reason}" for reason, n in dropped.items() if n) or "nothing"
+        raise DataError(f"no users left to prepare: {users_tsv} gave {len(users)} users and {items_tsv} "
+                        f"{len(titles)} items; dropped: {reasons}")
 
     used = {i for _, items in kept_users for i in items}
     dropped["items never interacted with by a kept user"] = len(titles) - len(used)
