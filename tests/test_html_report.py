@@ -1,4 +1,4 @@
-"""The HTML report (pipeline/html_report.py) and its rule.
+"""The HTML report (pipeline/html_report.py), its rule, and the summary `make demo` prints.
 
 The report is built from small results written here: parsed to check its structure and that it
 needs nothing from outside, then rendered in headless Chromium. Chromium is installed with
@@ -22,6 +22,8 @@ from PIL import Image
 
 from pipeline.html_report import main as html_main
 from pipeline.html_report import write_report
+from pipeline.summary import main as summary_main
+from pipeline.summary import summary
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = ["ours", "base", "popularity"]
@@ -235,6 +237,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         assert image.size == (1200, 1600)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 100  # text, tables and plots, not a blank page
+
+
+def test_summary_lists_the_runs_and_the_report(report, dataset_dir, tmp_path, capsys):
+    expected = f"""\
+shop: 3 runs
+run         test HR@10 (%)  test NDCG@10 (%)  epochs (best)  converged     s / epoch
+ours        50.00 ± 2.00    30.00 ± 1.00      5 (3)          1 of 2 seeds  2.00
+base        40.00           20.00             4 (4)          no            1.25
+popularity  30.00           10.00             -              -             -
+HTML report: {report.resolve()}"""
+    assert summary(dataset_dir, RUNS) == expected
+    config = tmp_path / "config.yaml"
+    config.write_text("default_targets:\n  shop: [ours, base, popularity]\n")
+    summary_main(["--config", str(config), "--results-dir", str(dataset_dir.parent)])
+    assert capsys.readouterr().out == expected + "\n"
 
 
 DRY_RUN_CONFIG = """\
