@@ -31,6 +31,7 @@ $(VENV)/.gptq: $(VENV)/.installed
 
 demo: setup
 	snakemake --cores 1 --workflow-profile workflow/profiles/default
+	python -m pipeline.summary
 
 test: setup gptq
 	python -m pytest

@@ -49,7 +49,9 @@ def names_matching(predicate):
 
 
 def default_targets():
-    return [f"results/{d}/{r}.json" for d, runs in CFG["default_targets"].items() for r in runs]
+    """Each listed run's result, and each listed dataset's HTML report of them."""
+    runs = [f"results/{d}/{r}.json" for d, names in CFG["default_targets"].items() for r in names]
+    return runs + [f"results/{d}/report.html" for d, names in CFG["default_targets"].items() if names]
 
 
 def run_settings(wildcards, stage="evaluate"):
@@ -233,6 +235,27 @@ def efficiency_inputs(wildcards):
 def efficiency_gpus(wildcards):
     names = efficiency_comparison(CFG, wildcards.dataset)["runs"]
     return max(run_gpus(SimpleNamespace(dataset=wildcards.dataset, run=n)) for n in names)
+
+
+def report_runs(dataset):
+    """The runs results/{dataset}/report.html shows: the dataset's default_targets."""
+    runs = CFG["default_targets"].get(dataset)
+    if not runs:
+        raise WorkflowError(f"results/{dataset}/report.html shows the runs listed in default_targets.{dataset}, "
+                            f"and there are none: list them there (e.g. in a --configfile)")
+    return runs
+
+
+def report_inputs(wildcards):
+    """What the HTML report reads: each run's result and top 10s, each trained seed's log, the tables."""
+    folder = f"results/{wildcards.dataset}"
+    files = tables(wildcards.dataset)
+    runs = report_runs(wildcards.dataset)
+    files["results"] = [f"{folder}/{r}.json" for r in runs]
+    files["topk"] = [f"{folder}/{r}.topk.parquet" for r in runs]
+    files["logs"] = [f"{folder}/runs/{r}/seed{s}/train_log.json" for r in runs if method(CFG["runs"][r]["method"]).trains
+                     for s in run_seeds(CFG, r)]
+    return files
 
 
 # The paper's tables and figures (paper/tables.yaml): which run on which dataset makes each row.

@@ -1,5 +1,6 @@
 # The paper's tables and figures (paper/tables.yaml), beside the paper's numbers
-# (paper/values.yaml); results/demo/tables/ holds the CPU-sized variant on the demo.
+# (paper/values.yaml); results/demo/tables/ holds the CPU-sized variant on the demo. And each
+# dataset's HTML page of its runs.
 
 
 rule table:
@@ -97,3 +98,28 @@ rule all_tables:
         "../../envs/data.yaml"
     shell:
         "(printf '%s\\n' {input} > {output}) > {log} 2>&1"
+
+
+rule report_html:
+    """One self-contained page of a dataset's runs: metrics, training curves, efficiency and example
+    recommendations with covers (pipeline/html_report.py). It shows the runs listed in
+    default_targets[dataset]; for a dataset not listed there, list its runs in a --configfile,
+    e.g. `default_targets: {scientific: [iisan-vs, sasrec-id]}`, and ask for
+    results/scientific/report.html."""
+    input:
+        unpack(report_inputs),
+    output:
+        "results/{dataset}/report.html",
+    params:
+        runs=lambda w: " ".join(report_runs(w.dataset)),
+    log:
+        "results/logs/{dataset}/report_html.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m pipeline.html_report --dataset-dir results/{wildcards.dataset} --runs {params.runs} "
+        "--out {output} > {log} 2>&1"
