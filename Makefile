@@ -1,11 +1,14 @@
-# make demo: set up .venv (if needed) and run the embedded demo through Snakemake.
+# make demo: set up .venv (if needed), run the embedded demo through Snakemake, print its results.
 # make test: set up .venv (if needed) and run the whole test suite (what CI runs).
+# make run T="<targets>" [CORES=2]: build any targets with the project's Snakemake (no venv to activate).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup gptq demo test lint dry-run clean
+CORES ?= 2
+
+.PHONY: setup gptq demo test run lint dry-run clean
 
 # torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +38,10 @@ demo: setup
 
 test: setup gptq
 	python -m pytest
+
+run: setup
+	@test -n "$(T)" || { echo 'make run: name the targets, e.g. make run T=results/demo/iisan-va.json'; exit 2; }
+	snakemake --cores $(CORES) --workflow-profile workflow/profiles/default $(T)
 
 lint: setup
 	snakemake --lint

@@ -1,6 +1,21 @@
 # IISAN-Versa pipeline: prepare -> caption (optional) -> encode (Zarr caches) -> train -> evaluate.
 # A bare `snakemake --cores 1` builds config.yaml's default_targets (the embedded demo).
 
+import shlex
+import sys
+from pathlib import Path
+
+from pipeline.config import ConfigError, read_yaml
+
+# Jobs run the interpreter that runs Snakemake (the project's .venv), whatever the caller's PATH.
+shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
+
+try:  # Snakemake's own message for a YAML syntax error names neither line nor column
+    read_yaml("config.yaml")
+except ConfigError as e:
+    raise WorkflowError(str(e))
+
+
 configfile: "config.yaml"
 
 

@@ -30,7 +30,10 @@ def _with_defaults(validator_class):
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for key, sub in properties.items():
-                if "default" in sub and key not in instance:
+                # null for a mapping with a default means that default (an override file can
+                # clear e.g. a dataset's captions with `captions: null`)
+                cleared = instance.get(key, 0) is None and sub.get("type") == "object"
+                if "default" in sub and (key not in instance or cleared):
                     instance[key] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
@@ -56,17 +59,44 @@ def _line_of(text: str | None, path: list) -> int | None:
     return line
 
 
+def _sets(overrides: dict, path: list) -> bool:
+    """Whether a --config mapping sets the key at `path`."""
+    node = overrides
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return bool(path)
+
+
 def _fail(files: list, path: list, message: str):
-    """Raise a ConfigError naming the key and the first of `files` (highest precedence first)
-    that writes it, with its line."""
+    """Raise a ConfigError naming the key and the first source (highest precedence first) that
+    writes it: a YAML file with its line, or `--config` (a source given as a dict)."""
     where = ".".join(str(p) for p in path) or "(top level)"
-    at = str(files[0]) if files else "config"
+    at = str(files[0]) if files and not isinstance(files[0], dict) else "config"
     for f in files:
+        if isinstance(f, dict):
+            if _sets(f, path):
+                at = "--config"
+                break
+            continue
         line = _line_of(Path(f).read_text(), path) if Path(f).is_file() else None
         if line:
             at = f"{f}, line {line}"
             break
     raise ConfigError(f"{at}: key '{where}': {message}")
+
+
+def read_yaml(path: str | Path):
+    """A YAML file, its syntax errors named by file, line and column."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {e.problem or e.context}") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
 
 
 def load_schema() -> dict:
@@ -79,15 +109,13 @@ def load_schema() -> dict:
 def load_config(source: str | Path | dict, files: list | None = None) -> dict:
     """Validate a config, a YAML path or a parsed dict, and return it with defaults filled.
 
-    `files`: for a dict, the YAML files it was merged from, highest precedence first; errors
-    name the file and line that set the offending key.
+    `files`: for a dict, where it was merged from, highest precedence first: YAML files, and
+    the --config mapping as a dict; errors name the file and line (or --config) that set the
+    offending key.
     """
     if isinstance(source, (str, Path)):
         files = [source]
-        try:
-            raw = yaml.safe_load(Path(source).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {source}: {e}") from e
+        raw = read_yaml(source) or {}
     else:
         raw, files = source, list(files or [])
     if not isinstance(raw, dict):
@@ -101,7 +129,11 @@ def load_config(source: str | Path | dict, files: list | None = None) -> dict:
         err = errors[0]
         while err.context:  # a key with several allowed forms: report the form that got furthest
             err = max(err.context, key=lambda e: (len(e.absolute_path), e.validator not in ("type", "enum")))
-        _fail(files, list(err.absolute_path), err.message)
+        path = list(err.absolute_path)
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            # name the unexpected key itself, so that its own source and line are found
+            path += sorted(set(err.instance) - set(err.schema.get("properties", {})))[:1]
+        _fail(files, path, err.message)
 
     # A run's train settings, weakest first: the schema's defaults, its method's own defaults,
     # the config's train block, the run's own train block (only the keys each names).

@@ -21,8 +21,7 @@ from pipeline.data import DataError
 from pipeline.files import atomic_path
 from pipeline.join_captions import run_items
 from pipeline.methods import method
-from pipeline.models.build import load_model
-from pipeline.recommend import trained_run
+from pipeline.models.build import load_model, trained_run
 
 
 def embed_items(run: dict, results: Path, out: Path) -> pa.Table:

@@ -15,21 +15,12 @@ import numpy as np
 import torch
 
 from pipeline.cache import CacheError
-from pipeline.config import ConfigError, load_config, resolve_run, run_dir
+from pipeline.config import ConfigError, load_config, resolve_run
 from pipeline.data import DataError, left_pad, make_splits, read_sequences, seen_matrix
 from pipeline.join_captions import run_items
 from pipeline.methods import method
 from pipeline.metrics import top_k
-from pipeline.models.build import load_scorer
-
-
-def trained_run(run: dict, results: Path) -> Path:
-    """The folder of the run's trained model (its seed's), checked to exist."""
-    model_dir = run_dir(results, run["run"], run["train"]["seed"])
-    if not (model_dir / "model.safetensors").exists():
-        raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first "
-                        f"(snakemake --cores N {results}/{run['run']}.json)")
-    return model_dir
+from pipeline.models.build import load_scorer, trained_run
 
 
 def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list[dict]:

@@ -8,7 +8,6 @@ sudo); otherwise that test is skipped, saying how to enable it.
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from system_packages import install
 
 from pipeline.html_report import main as html_main
 from pipeline.html_report import write_report
@@ -170,26 +170,8 @@ def test_missing_result_names_the_file(dataset_dir):
 
 
 def chromium_missing() -> str | None:
-    """Install Debian's chromium where it is missing and allowed; the reason to skip otherwise."""
-    if Path(CHROMIUM).exists():
-        return None
-    enable = "install Debian's chromium package, or set IISAN_INSTALL_SYSTEM_PACKAGES=1 to let this test install it"
-    if os.environ.get("IISAN_INSTALL_SYSTEM_PACKAGES") != "1":
-        return f"{CHROMIUM} is missing: {enable}"
-    if not shutil.which("apt-get"):
-        return f"{CHROMIUM} is missing and there is no apt-get to install it"
-    as_root = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    if as_root and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode:
-        return f"{CHROMIUM} is missing and installing it needs root (or sudo without a password)"
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = as_root + ["apt-get", "install", "-y", "chromium"]
-    done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode:  # a fresh machine may have no package lists yet
-        subprocess.run(as_root + ["apt-get", "update"], capture_output=True, env=env, timeout=600)
-        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode:
-        return f"apt-get could not install chromium: {done.stderr[-500:]}"
-    return None if Path(CHROMIUM).exists() else f"chromium was installed, but {CHROMIUM} is not there"
+    """None when Debian's chromium is there (installed now if allowed); else the reason to skip."""
+    return install(["chromium"], lambda: Path(CHROMIUM).exists())
 
 
 def headless(page: Path, profile: Path, *flags: str) -> subprocess.CompletedProcess:

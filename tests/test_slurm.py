@@ -5,8 +5,9 @@ database) when they are missing, starts munged, mariadbd, slurmdbd, slurmctld an
 generated one-node configuration (tests/slurm/start.sh), runs the demo's iisan-vs through
 `snakemake --executor slurm` with the repository's SLURM profile and `encode.shards: 2`, and
 checks that the jobs went through the scheduler and that the result equals a local run's. The
-daemons are stopped by their pids afterwards. Skipped, saying why, only where the packages
-cannot be installed (no apt-get, or neither root nor password-less sudo).
+daemons are stopped by their pids afterwards. The packages are installed only with
+IISAN_INSTALL_SYSTEM_PACKAGES=1 (tests/system_packages.py); without them the test is skipped,
+saying how to enable it.
 """
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import zarr
+from system_packages import install
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "slurm"
@@ -45,35 +47,10 @@ def which(command: str) -> str | None:
 
 
 def install_packages() -> str | None:
-    """Install the OS packages if a command is missing; the reason to skip if that cannot be done."""
-    if all(which(c) for c in COMMANDS):
-        return None
-    if not shutil.which("apt-get"):
-        return "SLURM is not installed and there is no apt-get to install " + ", ".join(PACKAGES)
-    as_root = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    if as_root and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode:
-        return "SLURM is not installed and installing " + ", ".join(PACKAGES) + " needs root (or sudo without a password)"
-    # Keep the packages' own services (system munge, MariaDB, slurmd) from starting: this test
-    # starts private daemons, and nothing would stop those.
-    policy = Path("/usr/sbin/policy-rc.d")
-    added = not policy.exists()
-    if added:
-        subprocess.run(as_root + ["sh", "-c", f"printf '#!/bin/sh\\nexit 101\\n' > {policy} && chmod 755 {policy}"],
-                       check=True)
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = as_root + ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]
-    try:
-        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-        if done.returncode:  # a fresh machine may have no package lists yet
-            subprocess.run(as_root + ["apt-get", "update"], capture_output=True, env=env, timeout=600)
-            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    finally:
-        if added:
-            subprocess.run(as_root + ["rm", "-f", str(policy)])
-    if done.returncode:
-        return f"apt-get could not install {' '.join(PACKAGES)}: {done.stderr[-500:]}"
+    """None when SLURM's programs are there (installed now if allowed); else the reason to skip."""
+    reason = install(PACKAGES, lambda: all(which(c) for c in COMMANDS), policy_rc=True, recommends=False)
     missing = [c for c in COMMANDS if not which(c)]
-    return f"installed, but {', '.join(missing)} not found" if missing else None
+    return reason or (f"{', '.join(missing)} not found" if missing else None)
 
 
 def free_ports(n: int) -> list[int]:

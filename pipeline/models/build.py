@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pipeline.cache import item_columns, read_states
+from pipeline.config import run_dir
+from pipeline.data import DataError
 from pipeline.methods import method
 from pipeline.models.cached import CachedTower
 from pipeline.models.gru_encoder import GRUUserEncoder
@@ -74,6 +76,15 @@ def learning_rates(t: dict) -> dict[str, float]:
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+def trained_run(run: dict, results: Path) -> Path:
+    """The folder of a run's trained model (its seed's) in a dataset's results, checked to exist."""
+    model_dir = run_dir(results, run["run"], run["train"]["seed"])
+    if not (model_dir / "model.safetensors").exists():
+        raise DataError(f"{model_dir / 'model.safetensors'} does not exist: train the run first "
+                        f"(snakemake --cores N {results}/{run['run']}.json)")
+    return model_dir
 
 
 def load_model(run: dict, items: pa.Table, model_dir: Path) -> tuple[Recommender, int]:

@@ -13,6 +13,8 @@ rule caption:
         dataset=names_matching(lambda ds: ds["captions"]),
     params:
         settings=captioner_settings,
+    message:
+        "caption {wildcards.dataset}: {wildcards.column} (log: {log})"
     log:
         "results/logs/{dataset}/caption.{column}.log",
     benchmark:
@@ -27,9 +29,9 @@ rule caption:
     conda:
         "../../envs/models.yaml"
     shell:
-        "python -m pipeline.caption --items {input.item_table} --settings {params.settings:q} "
-        "--prompt {input.prompt} --column {wildcards.column} --threads {threads} --device-map {resources.device_map} "
-        "--out {output.captions} --report {output.report} > {log} 2>&1"
+        "python -m pipeline.caption --items {input.item_table:q} --settings {params.settings:q} "
+        "--prompt {input.prompt:q} --column {wildcards.column} --threads {threads} --device-map {resources.device_map} "
+        "--out {output.captions:q} --report {output.report:q} > {log:q} 2>&1"
 
 
 rule join_captions:
@@ -41,6 +43,8 @@ rule join_captions:
         "results/{dataset}/items_captioned.parquet",
     wildcard_constraints:
         dataset=names_matching(lambda ds: ds["captions"]),
+    message:
+        "join captions {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/join_captions.log",
     threads: 1
@@ -50,5 +54,5 @@ rule join_captions:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.join_captions --items {input.item_table} --captions {input.captions} "
-        "--out {output} > {log} 2>&1"
+        "python -m pipeline.join_captions --items {input.item_table:q} --captions {input.captions:q} "
+        "--out {output:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Helpers shared by the rules: the validated config, and functions from wildcards to files.
 import json
 import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from pipeline.methods import method
 # Config errors name the file and line that set the key: the --configfile files (the last
 # one wins) before the Snakefile's own configfile.
 _command_line_files = [str(f) for f in workflow.overwrite_configfiles or []]
-_config_files = _command_line_files[::-1] + [
+_config_files = [dict(workflow.config_settings.config)] + _command_line_files[::-1] + [
     str(f) for f in workflow.configfiles if str(f) not in _command_line_files
 ]
 try:
@@ -182,7 +183,7 @@ def device_map(entry):
 
 
 def captions_arg(wildcards, input):
-    return f"--captions {input.captions}" if "captions" in input.keys() else ""
+    return f"--captions {shlex.quote(input.captions)}" if "captions" in input.keys() else ""
 
 
 def kept_states_arg(wildcards):

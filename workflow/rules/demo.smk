@@ -11,6 +11,8 @@ rule synth:
         dataset=names_matching(lambda ds: "synthetic" in ds),
     params:
         settings=lambda w: json.dumps(CFG["datasets"][w.dataset]["synthetic"], sort_keys=True),
+    message:
+        "synthesise dataset {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/synth.log",
     threads: 1
@@ -20,8 +22,8 @@ rule synth:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.synth --users {output.users} --items {output.item_table} "
-        "--images {output.images} --settings {params.settings:q} > {log} 2>&1"
+        "python -m pipeline.synth --users {output.users:q} --items {output.item_table:q} "
+        "--images {output.images:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule build_encoder:
@@ -30,6 +32,8 @@ rule build_encoder:
         directory("results/models/{encoder}"),
     params:
         settings=build_settings,
+    message:
+        "build random model {wildcards.encoder} (log: {log})"
     log:
         "results/logs/models/{encoder}.log",
     threads: 1
@@ -39,4 +43,4 @@ rule build_encoder:
     conda:
         "../../envs/models.yaml"
     shell:
-        "python -m pipeline.build_encoder --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python -m pipeline.build_encoder --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"

@@ -14,6 +14,8 @@ rule efficiency:
         batch_sizes=" ".join(str(b) for b in CFG["efficiency"]["batch_sizes"]),
         steps=CFG["efficiency"]["steps"],
         warmup=CFG["efficiency"]["warmup"],
+    message:
+        "measure efficiency {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/efficiency.log",
     benchmark:
@@ -28,6 +30,6 @@ rule efficiency:
         "../../envs/train.yaml"
     shell:
         "python -m pipeline.efficiency --runs {params.runs:q} --reference {params.reference} "
-        "--items {input.item_table} --sequences {input.sequences} --batch-sizes {params.batch_sizes} "
+        "--items {input.item_table:q} --sequences {input.sequences:q} --batch-sizes {params.batch_sizes} "
         "--steps {params.steps} --warmup {params.warmup} --threads {threads} "
-        "--out {output.csv} --plot {output.png} > {log} 2>&1"
+        "--out {output.csv:q} --plot {output.png:q} > {log:q} 2>&1"

@@ -23,6 +23,8 @@ rule encode:
         missing_image=CFG["encode"]["missing_image"],
         captions=captions_arg,
         part="--replace",  # encode_shard: --shard I N; gather_shards: --gather PART ...
+    message:
+        "encode {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states} (log: {log})"
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.log",
     benchmark:
@@ -37,11 +39,11 @@ rule encode:
     conda:
         "../../envs/models.yaml"
     shell:
-        "python -m pipeline.encode --items {input.item_table} --settings {params.settings:q} "
+        "python -m pipeline.encode --items {input.item_table:q} --settings {params.settings:q} "
         "--states {params.states} --chunk-items {params.chunk_items} --sort-chunks {params.sort_chunks} "
         "--missing-image {params.missing_image} "
-        "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {output} "
-        "> {log} 2>&1"
+        "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {output:q} "
+        "> {log:q} 2>&1"
 
 
 use rule encode as encode_shard with:
@@ -55,6 +57,8 @@ use rule encode as encode_shard with:
         shards=r"\d+",
     params:
         part=lambda w: f"--shard {w.shard} {w.shards}",
+    message:
+        "encode {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states}, shard {wildcards.shard} of {wildcards.shards} (log: {log})"
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.log",
     benchmark:
@@ -72,7 +76,9 @@ use rule encode as gather_shards with:
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards > 1),
     params:
-        part=lambda w, input: "--gather " + " ".join(input.parts),
+        part=lambda w, input: "--gather " + " ".join(shlex.quote(part) for part in input.parts),
+    message:
+        "gather {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states} from its shards (log: {log})"
     log:
         "results/logs/{dataset}/gather.{encoder}{read}.{states}.log",
     benchmark:

@@ -10,7 +10,9 @@ rule evaluate:
         topk="results/{dataset}/runs/{run}/seed{seed}/topk.parquet",
     params:
         run=run_settings,
-        model_dir=lambda w, input: f"--model-dir {Path(input.model).parent}" if "model" in input.keys() else "",
+        model_dir=lambda w, input: f"--model-dir {shlex.quote(str(Path(input.model).parent))}" if "model" in input.keys() else "",
+    message:
+        "evaluate {wildcards.dataset}/{wildcards.run} seed {wildcards.seed} (log: {log})"
     log:
         "results/logs/{dataset}/evaluate.{run}.seed{seed}.log",
     threads: CFG["train"]["threads"]
@@ -22,9 +24,9 @@ rule evaluate:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.evaluate --run {params.run:q} --items {input.item_table} "
-        "--sequences {input.sequences} {params.model_dir} --threads {threads} "
-        "--out {output.result} --per-user {output.per_user} --topk {output.topk} > {log} 2>&1"
+        "python -m pipeline.evaluate --run {params.run:q} --items {input.item_table:q} "
+        "--sequences {input.sequences:q} {params.model_dir} --threads {threads} "
+        "--out {output.result:q} --per-user {output.per_user:q} --topk {output.topk:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -38,6 +40,8 @@ rule aggregate:
         result="results/{dataset}/{run}.json",
         per_user="results/{dataset}/{run}.per_user.parquet",
         topk="results/{dataset}/{run}.topk.parquet",
+    message:
+        "aggregate {wildcards.dataset}/{wildcards.run} over its seeds (log: {log})"
     log:
         "results/logs/{dataset}/aggregate.{run}.log",
     threads: 1
@@ -47,5 +51,5 @@ rule aggregate:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.aggregate --results {input.results} --out {output.result} "
-        "--per-user {output.per_user} --topk {output.topk} > {log} 2>&1"
+        "python -m pipeline.aggregate --results {input.results:q} --out {output.result:q} "
+        "--per-user {output.per_user:q} --topk {output.topk:q} > {log:q} 2>&1"

@@ -12,6 +12,8 @@ rule download_images:
         manifest="results/{dataset}/download_failures.tsv",
     wildcard_constraints:
         dataset=names_matching(lambda ds: ds["download_images"]),
+    message:
+        "download images {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/download_images.log",
     threads: 1
@@ -21,8 +23,8 @@ rule download_images:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.download_images --meta {input.meta} --out {output.images} "
-        "--manifest {output.manifest} > {log} 2>&1"
+        "python -m pipeline.download_images --meta {input.meta:q} --out {output.images:q} "
+        "--manifest {output.manifest:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -34,11 +36,13 @@ rule prepare:
         sequences="results/{dataset}/sequences.parquet",
         stats="results/{dataset}/stats.json",
     params:
-        folders=lambda w, input: " ".join(f"--{k} {input[k]}" for k in ("images", "videos") if k in input.keys()),
+        folders=lambda w, input: " ".join(f"--{k} {shlex.quote(input[k])}" for k in ("images", "videos") if k in input.keys()),
         format=lambda w: CFG["datasets"][w.dataset]["format"],
         k_core=lambda w: k_core_arg(CFG["datasets"][w.dataset]),
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
         out_dir=lambda w, output: Path(output.item_table).parent,
+    message:
+        "prepare {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/prepare.log",
     threads: 1
@@ -48,5 +52,5 @@ rule prepare:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python -m pipeline.prepare --format {params.format} --users {input.users} --items {input.item_table} {params.folders} "
-        "--min-interactions {params.min_interactions} {params.k_core} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m pipeline.prepare --format {params.format} --users {input.users:q} --items {input.item_table:q} {params.folders} "
+        "--min-interactions {params.min_interactions} {params.k_core} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -18,6 +18,8 @@ rule table:
         table="table[3-9]",
     params:
         spec=lambda w: json.dumps(table_spec(w.table, demo=bool(w.prefix)), sort_keys=True),
+    message:
+        "table {wildcards.prefix}{wildcards.table} (log: {log})"
     log:
         "results/logs/{prefix}tables/{table}.log",
     threads: 1
@@ -27,7 +29,7 @@ rule table:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.report --spec {params.spec:q} --values {input.values} --out {output.md} > {log} 2>&1"
+        "python -m pipeline.report --spec {params.spec:q} --values {input.values:q} --out {output.md:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -44,6 +46,8 @@ rule figure:
         figure="figure[467]",
     params:
         spec=lambda w: json.dumps(table_spec(w.figure, demo=bool(w.prefix)), sort_keys=True),
+    message:
+        "figure {wildcards.prefix}{wildcards.figure} (log: {log})"
     log:
         "results/logs/{prefix}tables/{figure}.log",
     threads: 1
@@ -53,8 +57,8 @@ rule figure:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.figures {wildcards.figure} --spec {params.spec:q} --values {input.values} "
-        "--out {output.png} > {log} 2>&1"
+        "python -m pipeline.figures {wildcards.figure} --spec {params.spec:q} --values {input.values:q} "
+        "--out {output.png:q} > {log:q} 2>&1"
 
 
 rule figure5:
@@ -68,6 +72,8 @@ rule figure5:
         csv="results/{prefix}tables/figure5.csv",
     wildcard_constraints:
         prefix="(demo/)?",
+    message:
+        "figure {wildcards.prefix}figure5 (log: {log})"
     log:
         "results/logs/{prefix}tables/figure5.log",
     threads: 1
@@ -77,7 +83,7 @@ rule figure5:
     conda:
         "../../envs/data.yaml"
     shell:
-        "(cp {input.png} {output.png} && cp {input.csv} {output.csv}) > {log} 2>&1"
+        "(cp {input.png:q} {output.png:q} && cp {input.csv:q} {output.csv:q}) > {log:q} 2>&1"
 
 
 rule all_tables:
@@ -97,7 +103,7 @@ rule all_tables:
     conda:
         "../../envs/data.yaml"
     shell:
-        "(printf '%s\\n' {input} > {output}) > {log} 2>&1"
+        "(printf '%s\\n' {input:q} > {output:q}) > {log:q} 2>&1"
 
 
 rule report_html:
@@ -112,6 +118,8 @@ rule report_html:
         "results/{dataset}/report.html",
     params:
         runs=lambda w: " ".join(report_runs(w.dataset)),
+    message:
+        "HTML report {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/report_html.log",
     threads: 1
@@ -122,4 +130,4 @@ rule report_html:
         "../../envs/train.yaml"
     shell:
         "python -m pipeline.html_report --dataset-dir results/{wildcards.dataset} --runs {params.runs} "
-        "--out {output} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"

@@ -12,6 +12,8 @@ rule train:
     params:
         run=lambda w: run_settings(w, stage="train"),
         out_dir=lambda w, output: Path(output.model).parent,
+    message:
+        "train {wildcards.dataset}/{wildcards.run} seed {wildcards.seed} (log: {log}; progress there)"
     log:
         "results/logs/{dataset}/train.{run}.seed{seed}.log",
     benchmark:
@@ -25,6 +27,6 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m pipeline.train --run {params.run:q} --items {input.item_table} "
-        "--sequences {input.sequences} --threads {threads} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "python -m pipeline.train --run {params.run:q} --items {input.item_table:q} "
+        "--sequences {input.sequences:q} --threads {threads} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"

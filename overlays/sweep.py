@@ -1,5 +1,6 @@
 """Print the result targets of a sweep overlay, and with --table the candidates' validation
-metrics from their results (python docs/sweeps/targets.py [--table] [overlay.yaml])."""
+metrics from their results (python overlays/sweep.py [--table] [overlay.yaml]; default:
+overlays/scientific-sweep.yaml, whose runs are on the scientific dataset)."""
 import json
 import sys
 from pathlib import Path
@@ -7,9 +8,9 @@ from pathlib import Path
 import yaml
 
 args = [a for a in sys.argv[1:] if a != "--table"]
-overlay = Path(args[0] if args else Path(__file__).with_name("scientific.yaml"))
+overlay = Path(args[0] if args else Path(__file__).with_name("scientific-sweep.yaml"))
 runs = yaml.safe_load(overlay.read_text())["runs"]
-dataset = overlay.stem
+dataset = overlay.stem.removesuffix("-sweep")
 if "--table" not in sys.argv:
     print(" ".join(f"results/{dataset}/{run}.json" for run in runs))
     sys.exit()
