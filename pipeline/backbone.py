@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from pipeline.files import model_path  # noqa: F401 (re-exported: where a model loads from)
 from pipeline.pooling import POOLERS
 
+LOAD_SIDE = 1024  # images are decoded to at most this many pixels a side
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Modules after the last hidden state, absent from e.g. ViT classification checkpoints.
 UNUSED_MODULES = ("pooler", "head")
@@ -220,13 +221,19 @@ class Backbone:
         return [0] * len(items)
 
     def load_image(self, item: dict):
-        """(RGB image or None, status): status is ok, no_image or unreadable."""
+        """(RGB image or None, status): status is ok, no_image or unreadable. An image is
+        shrunk to at most LOAD_SIDE pixels a side as it is decoded (the processors resize to
+        224 or so anyway), so a huge cover costs little memory; one over PIL's decompression-bomb
+        limit is unreadable, named in the log, like a broken file."""
         if not item["image"]:
             return None, "no_image"
         try:
             with Image.open(item["image"]) as im:
+                im.draft("RGB", (LOAD_SIDE, LOAD_SIDE))  # JPEG: decode at a reduced scale
+                im.thumbnail((LOAD_SIDE, LOAD_SIDE))
                 return im.convert("RGB"), "ok"
-        except OSError:
+        except (OSError, Image.DecompressionBombError) as e:
+            print(f"item {item.get('item_id')}: image {item['image']} is unreadable ({e})")
             return None, "unreadable"
 
     def inputs(self, items: list[dict]) -> tuple[dict | None, list[str]]:

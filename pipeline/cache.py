@@ -116,7 +116,7 @@ def read_chunk_rows(store: zarr.Group, path: Path, lo: int, hi: int) -> np.ndarr
 
 def expected_attributes(tower: dict, items) -> dict:
     """The store identity a resolved run's cached tower asks for."""
-    return store_attributes(tower["settings"], tower["kept_states"], items) | {"complete": True}
+    return store_attributes(tower["settings"], tower["kept_states"], items)
 
 
 class StreamedStates:
@@ -191,8 +191,8 @@ def read_states(run: dict, items, cache_memory_mb: float | None = None) -> dict:
         if not path.is_dir():
             raise CacheMismatch(f"{path}: no cache; run the encode stage first")
         store = open_store(path)
-        check_attributes(dict(store.attrs), expected_attributes(tower, items), path)
         check_complete(store, path)
+        check_attributes(dict(store.attrs), expected_attributes(tower, items), path)
         stores[name] = (path, store)
     size = sum(np.prod(store["states"].shape) * 2 for _, store in stores.values())
     stream = size > memory_budget_bytes(cache_memory_mb)

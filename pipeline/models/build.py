@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.cache import item_columns, read_states
+from pipeline.cache import CacheError, item_columns, read_states
 from pipeline.config import run_dir
 from pipeline.data import DataError
 from pipeline.methods import method
@@ -115,6 +115,10 @@ def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None)
         return lambda inputs: counts.repeat(len(inputs), 1)
     model, known = load_model(run, items, model_dir)
     item_embs = model.item_embeddings(known)  # [known + 1, d]
+    bad = (~torch.isfinite(item_embs[1:]).all(dim=1)).nonzero()[:, 0] + 1
+    if len(bad):
+        raise CacheError(f"{model_dir}: {len(bad)} item embeddings are not finite (e.g. item_idx {bad[0].item()}); "
+                         f"the model or the caches are broken: train again")
     unknown = items.num_rows - known
 
     def score(inputs):
