@@ -40,8 +40,10 @@ def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, 
 
 
 def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3,
-            fmt: str = "iisan-split", videos: Path | None = None, **options):
-    """Return (items table, sequences table, stats). options: the format's own settings."""
+            fmt: str = "iisan-split", videos: Path | None = None, keep_unused_items: bool = False, **options):
+    """Return (items table, sequences table, stats). options: the format's own settings.
+    keep_unused_items: keep the items no kept user interacted with (new items a content model
+    can recommend), in items-file order with the others; by default they are dropped."""
     titles, users, dropped = read_raw(fmt, users_tsv, items_tsv, **options)
 
     kept_users = []
@@ -58,8 +60,9 @@ def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interacti
                         f"{len(titles)} items; dropped: {reasons}")
 
     used = {i for _, items in kept_users for i in items}
-    dropped["items never interacted with by a kept user"] = len(titles) - len(used)
-    item_ids = [i for i in titles if i in used]
+    if not keep_unused_items:
+        dropped["items never interacted with by a kept user"] = len(titles) - len(used)
+    item_ids = [i for i in titles if i in used or keep_unused_items]
     empty_titles = sum(1 for i in item_ids if not titles[i])
     idx = {item_id: n for n, item_id in enumerate(item_ids, start=1)}
     image_of = find_files(images, item_ids, IMAGE_SUFFIXES, "images")
@@ -100,6 +103,8 @@ def main(argv=None):
     parser.add_argument("--images", type=Path, default=None)
     parser.add_argument("--videos", type=Path, default=None)
     parser.add_argument("--min-interactions", type=int, default=3)
+    parser.add_argument("--keep-unused-items", action="store_true",
+                        help="keep items no kept user interacted with (new items to recommend)")
     parser.add_argument("--k-core", type=int, nargs=2, default=None, metavar=("USER_K", "ITEM_K"),
                         help="amazon-2018: keep users and items with at least this many interactions")
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -109,7 +114,7 @@ def main(argv=None):
     try:
         options = {"user_k": args.k_core[0], "item_k": args.k_core[1]} if args.k_core else {}
         items, sequences, stats = prepare(args.users, args.items, args.images, args.min_interactions,
-                                          args.format, args.videos, **options)
+                                          args.format, args.videos, args.keep_unused_items, **options)
     except DataError as e:
         raise SystemExit(f"prepare: {e}")
     with atomic_path(args.out_dir / "items.parquet") as tmp:

@@ -190,3 +190,16 @@ def test_empty_titles_are_kept_and_counted(tmp_path):
     item_table, _, stats = prepare(users, items, None)
     assert item_table.column("title").to_pylist() == ["", "", "C"]
     assert stats["items_with_empty_title"] == 2
+
+
+def test_items_without_interactions_are_kept_when_asked(tmp_path):
+    from pipeline.prepare import prepare
+
+    (tmp_path / "users.tsv").write_text("u1\ta b c\nu2\tb c a\n")
+    (tmp_path / "items.tsv").write_text("a\tA\nx\tnew item\nb\tB\nc\tC\n")
+    items, _, stats = prepare(tmp_path / "users.tsv", tmp_path / "items.tsv", None)
+    assert items.column("item_id").to_pylist() == ["a", "b", "c"]
+    assert stats["dropped"]["items never interacted with by a kept user"] == 1
+    items, sequences, _ = prepare(tmp_path / "users.tsv", tmp_path / "items.tsv", None, keep_unused_items=True)
+    assert items.column("item_id").to_pylist() == ["a", "x", "b", "c"]  # items-file order
+    assert sequences.column("items").to_pylist() == [[1, 3, 4], [3, 4, 1]]

@@ -40,6 +40,7 @@ rule prepare:
         format=lambda w: CFG["datasets"][w.dataset]["format"],
         k_core=lambda w: k_core_arg(CFG["datasets"][w.dataset]),
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
+        keep=lambda w: "--keep-unused-items" if CFG["datasets"][w.dataset]["keep_items_without_interactions"] else "",
         out_dir=lambda w, output: Path(output.item_table).parent,
     message:
         "prepare {wildcards.dataset} (log: {log})"
@@ -53,4 +54,4 @@ rule prepare:
         "../../envs/data.yaml"
     shell:
         "python -m pipeline.prepare --format {params.format} --users {input.users:q} --items {input.item_table:q} {params.folders} "
-        "--min-interactions {params.min_interactions} {params.k_core} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "--min-interactions {params.min_interactions} {params.keep} {params.k_core} --out-dir {params.out_dir:q} > {log:q} 2>&1"
