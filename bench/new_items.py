@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.cache import item_columns  # noqa: E402
-from pipeline.config import load_config, read_yaml, resolve_run  # noqa: E402
+from pipeline.config import load_configs, resolve_run  # noqa: E402
 from pipeline.data import make_splits, read_sequences  # noqa: E402
 from pipeline.encode import encode  # noqa: E402
 from pipeline.metrics import rank_split  # noqa: E402
@@ -106,10 +106,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    raw = read_yaml("config.yaml")
-    for overlay in args.configfile:  # merged key by key, as Snakemake merges --configfile
-        merge(raw, read_yaml(overlay))
-    cfg = load_config(raw)
+    cfg = load_configs([Path("config.yaml"), *args.configfile])
     prepared = Path("results") / args.dataset
     items, sequences = pq.read_table(prepared / "items.parquet"), pq.read_table(prepared / "sequences.parquet")
     new = new_items(sequences.column("items").to_pylist())
@@ -136,14 +133,6 @@ def main():
                                                     if c["values"].as_py() > old.num_rows))
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-
-
-def merge(base: dict, overlay: dict) -> None:
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
 
 
 if __name__ == "__main__":

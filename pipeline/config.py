@@ -99,6 +99,26 @@ def read_yaml(path: str | Path):
         raise ConfigError(f"cannot read config {path}: {e}") from None
 
 
+def merge(base: dict, overlay: dict) -> dict:
+    """`overlay` merged into `base` key by key (nested mappings too), as Snakemake merges
+    --configfile files over the workflow's config; returns base."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_configs(paths: list) -> dict:
+    """The config of several YAML files, each merged over the ones before (config.yaml first,
+    then overlays), validated; errors name the file that set the key."""
+    raw = {}
+    for path in paths:
+        merge(raw, read_yaml(path) or {})
+    return load_config(raw, files=list(paths)[::-1])
+
+
 def load_schema() -> dict:
     """The config schema, with the methods of the registry (pipeline/methods.py) filled in."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())

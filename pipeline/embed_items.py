@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.cache import CacheError
-from pipeline.config import ConfigError, load_config, resolve_run
+from pipeline.config import ConfigError, load_configs, resolve_run
 from pipeline.data import DataError
 from pipeline.files import atomic_path
 from pipeline.join_captions import run_items
@@ -40,14 +40,16 @@ def embed_items(run: dict, results: Path, out: Path) -> pa.Table:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="the workflow's config (default: %(default)s)")
+    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config.yaml")],
+                        help="the workflow's config, then any overlays merged over it, as Snakemake's "
+                             "--configfile (default: config.yaml)")
     parser.add_argument("--dataset", required=True, help="a dataset of the config")
     parser.add_argument("--run", required=True, help="a trained run of the config")
     parser.add_argument("--seed", type=int, default=None, help="which of the run's seeds (default: its first)")
     parser.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
     args = parser.parse_args(argv)
     try:
-        run = resolve_run(load_config(args.config), args.dataset, args.run, args.seed)
+        run = resolve_run(load_configs(args.config), args.dataset, args.run, args.seed)
         table = embed_items(run, Path("results") / args.dataset, args.out)
     except (CacheError, ConfigError, DataError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"embed_items: {e}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import CacheError
-from pipeline.config import ConfigError, load_config, resolve_run
+from pipeline.config import ConfigError, load_configs, resolve_run
 from pipeline.data import DataError, left_pad, make_splits, read_sequences, seen_matrix
 from pipeline.join_captions import run_items
 from pipeline.methods import method
@@ -51,7 +51,9 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="Run it from the repository root, after the run has been trained.")
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="the workflow's config (default: %(default)s)")
+    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config.yaml")],
+                        help="the workflow's config, then any overlays merged over it, as Snakemake's "
+                             "--configfile (default: config.yaml)")
     parser.add_argument("--dataset", required=True, help="a dataset of the config, e.g. demo or scientific")
     parser.add_argument("--run", required=True, help="a run of the config, e.g. iisan-vs or minilm")
     parser.add_argument("--history", nargs="+", required=True, metavar="ITEM_ID",
@@ -62,7 +64,7 @@ def main(argv=None):
     if args.k < 1:
         parser.error(f"--k must be at least 1, not {args.k}")
     try:
-        run = resolve_run(load_config(args.config), args.dataset, args.run, args.seed)
+        run = resolve_run(load_configs(args.config), args.dataset, args.run, args.seed)
         ranked = recommend(run, Path("results") / args.dataset, args.history, args.k)
     except (CacheError, ConfigError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"recommend: {e}")
