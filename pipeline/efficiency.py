@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
@@ -157,13 +158,13 @@ def main(argv=None):
         if args.reference not in [run["run"] for run in runs]:
             parser.error(f"--reference {args.reference} is not among the runs")
         rows = []
-        for run in runs:
-            for size in args.batch_sizes:
-                rows.append(measure_in_subprocess(run, args.items, args.sequences, size, args.steps, args.warmup,
-                                                  args.threads))
-                r = rows[-1]
-                print(f"{r['run']:>16} batch {size:>3}: {r['seconds_per_epoch']:9.2f} s/epoch, "
-                      f"{r['peak_memory_bytes'] / 2**20:8.0f} MiB peak", flush=True)
+        jobs = [(run, size) for run in runs for size in args.batch_sizes]
+        for run, size in tqdm(jobs, desc="efficiency", unit="measurement"):
+            rows.append(measure_in_subprocess(run, args.items, args.sequences, size, args.steps, args.warmup,
+                                              args.threads))
+            r = rows[-1]
+            tqdm.write(f"{r['run']:>16} batch {size:>3}: {r['seconds_per_epoch']:9.2f} s/epoch, "
+                       f"{r['peak_memory_bytes'] / 2**20:8.0f} MiB peak")
     except (CacheError, DataError) as e:
         raise SystemExit(f"efficiency: {e}")
     rows = with_ratios(rows, args.reference)

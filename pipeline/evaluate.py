@@ -58,7 +58,8 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
     metrics, tables = {p: {} for p in PROTOCOLS}, []
     for name, split in (("valid", splits.valid), ("test", splits.test)):
         top = TOP_K if name == "test" and topk_parquet else 0
-        ranking = rank_split(score, split, items.num_rows, ks, PROTOCOLS, batch=batch, top=top)
+        ranking = rank_split(score, split, items.num_rows, ks, PROTOCOLS, batch=batch, top=top,
+                             progress=f"rank {name} {run['dataset']}/{run['run']}")
         for protocol in PROTOCOLS:
             metrics[protocol][name] = ranking.summary[protocol]
             tables.append(pa.table({

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 PROTOCOLS = ("reference", "repeat_aware")
 
@@ -77,14 +78,16 @@ class Ranking:
 
 
 def rank_split(score_fn: Callable, split, num_items: int, ks, protocols, batch: int = 1024,
-               top: int = 0) -> Ranking:
+               top: int = 0, progress: str | None = None) -> Ranking:
     """Rank every user of an evaluation split (pipeline.data.EvalSplit) in one scoring pass:
     metrics for each protocol and, with `top`, each user's best unseen items.
 
     score_fn(inputs [U, L] numpy) -> scores [U, N+1] on any device; blocks of at most `batch`
-    users, fewer where their scores would exceed BLOCK_BYTES."""
+    users, fewer where their scores would exceed BLOCK_BYTES. progress: a progress bar's label
+    (users/s and ETA), or None for none."""
     batch = max(1, min(batch, BLOCK_BYTES // (4 * (num_items + 1))))
     ranks, seen_targets, tops = [], [], []
+    bar = tqdm(total=len(split.targets), unit="user", desc=progress, disable=progress is None)
     for lo in range(0, len(split.targets), batch):
         scores = score_fn(split.inputs[lo:lo + batch]).float()
         dev = scores.device
@@ -96,6 +99,8 @@ def rank_split(score_fn: Callable, split, num_items: int, ks, protocols, batch: 
         if top:
             values, items = top_k(scores, seen, top)
             tops.append((values.cpu().numpy(), items.cpu().numpy()))
+        bar.update(len(r))
+    bar.close()
     ranks, seen_targets = torch.cat(ranks), torch.cat(seen_targets)
     per_user = {p: per_user_metrics(protocol_ranks(ranks, seen_targets, p), ks) for p in protocols}
     ranking = Ranking({p: summarise(m) for p, m in per_user.items()}, per_user)
