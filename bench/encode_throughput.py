@@ -17,7 +17,6 @@ Usage: python bench/encode_throughput.py [--threads 1 2] [--repeats 1] [--limit 
 """
 import argparse
 import importlib.util
-import json
 import resource
 import statistics
 import sys
@@ -31,6 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import write_report  # noqa: E402
 from pipeline.backbone import model_path  # noqa: E402
 from pipeline.encode import encode  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
@@ -135,10 +135,7 @@ def main():
              "| encoder | threads | seconds | items/s | user CPU s | system CPU s | x plain |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['encoder']} | {r['threads']} | {r['seconds']} | {r['items_per_s']} | {r['user_s']} | "
               f"{r['system_s']} | {r['x_plain']} |" for r in rows]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encode_throughput.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    (args.out / "encode_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "encode_throughput", machine, lines, rows=rows)
     for t in args.threads:
         print(f"ratio at {t} threads: {rate[('project', t)] / rate[('plain', t)]:.3f}")
     print(f"ratio: {rate[('project', min(args.threads))] / rate[('plain', min(args.threads))]:.3f}")

@@ -27,7 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import torch
 import zarr
@@ -35,9 +34,10 @@ import zarr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import random_store
 from pipeline import layerdrop
 from pipeline.build_encoder import build_llm
-from pipeline.cache import items_fingerprint, store_bytes
+from pipeline.cache import store_bytes
 from pipeline.config import load_config, resolve_run
 from pipeline.encode import encode
 from pipeline.prepare import prepare
@@ -128,20 +128,6 @@ def bench_encode(work: Path, items: Path, s: dict) -> dict:
             "tflops_per_s": flops / seconds / 1e12, "flop_fraction": flops / seconds / peak if peak else None}
 
 
-def random_cache(path: Path, items: Path, tower: dict, rows: int, seed: int) -> None:
-    """A store with the attributes train checks and random float16 states."""
-    width, k = tower["hidden_size"], len(tower["kept_states"])
-    group = zarr.open_group(str(path), mode="w")
-    array = group.create_array("states", shape=(rows, k, width), chunks=(1024, k, width), dtype="float16")
-    rng = np.random.default_rng(seed)
-    for lo in range(0, rows, 1024):
-        hi = min(lo + 1024, rows)
-        array[lo:hi] = rng.standard_normal((hi - lo, k, width), dtype=np.float32).astype(np.float16)
-    group.attrs.update({"model": tower["model"], "pooling": tower["pooling"], "kept_states": tower["kept_states"],
-                        "hidden_size": width, "complete": True,
-                        "items_fingerprint": items_fingerprint(pq.read_table(items))})
-
-
 def bench_train(work: Path, items: Path, sequences: Path, s: dict) -> list[dict]:
     enc = {"modality": "text", "pooling": "mean", "causal": True}
     cfg = load_config({
@@ -159,14 +145,13 @@ def bench_train(work: Path, items: Path, sequences: Path, s: dict) -> list[dict]
         },
         "train": {"max_epochs": s["epochs"], "patience": s["epochs"]},
     })
-    rows = pq.read_metadata(items).num_rows + 1
     results = []
     for name in ("iisan-vs-bert", "iisan-va-70b"):
         run = resolve_run(cfg, "bench", name)
         for i, tower in enumerate(run["towers"].values()):
             tower["cache"] = str(work / Path(tower["cache"]).name)
             if not Path(tower["cache"]).exists():
-                random_cache(Path(tower["cache"]), items, tower, rows, seed=i)
+                random_store(Path(tower["cache"]), tower, pq.read_table(items), chunk_items=1024, seed=i)
         out = work / "runs" / name
         subprocess.run([sys.executable, "-m", "pipeline.train", "--run", json.dumps(run), "--items", str(items),
                         "--sequences", str(sequences), "--out-dir", str(out), "--threads", str(torch.get_num_threads())],

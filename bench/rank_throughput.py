@@ -14,7 +14,6 @@ on the Scientific case.
 Usage: python bench/rank_throughput.py [--threads 2] [--repeats 3] [--data DIR] [--out results/bench]
 """
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import write_report  # noqa: E402
 from pipeline.data import EvalSplit, make_splits, seen_matrix  # noqa: E402
 from pipeline.metrics import PROTOCOLS, rank_split  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
@@ -103,10 +103,7 @@ def main():
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['users']} | {r['items']} | {r['floor_seconds']} | {r['project_seconds']} | "
               f"{r['floor_cells_per_s']:,} | {r['project_cells_per_s']:,} | {r['ratio']} |" for r in rows]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "rank_throughput.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    (args.out / "rank_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "rank_throughput", machine, lines, rows=rows)
     print(f"ratio: {rows[-1]['ratio']}")
 
 

@@ -31,9 +31,9 @@ import torch
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.cache import StreamedStates, store_attributes  # noqa: E402
+from bench.common import random_store, write_report  # noqa: E402
+from pipeline.cache import StreamedStates  # noqa: E402
 from pipeline.config import load_config, resolve_run  # noqa: E402
-from pipeline.encode import _new_store  # noqa: E402
 
 CHUNK = 256
 SHAPES = {"minilm": (4, 384, 6), "llama3-70b": (7, 8192, 80)}  # kept states, width, layers
@@ -69,19 +69,7 @@ def make_catalogue(folder: Path, n: int, shape: str, users: int) -> tuple[Path, 
         pq.write_table(pa.table({"user_id": [f"u{u}" for u in range(users)],
                                  "items": pa.array(seqs, pa.list_(pa.int32()))}), sequences)
     if not store.exists():
-        run = resolved(shape, store, 1.0)
-        tower = run["towers"]["text"]
-        attrs = store_attributes(tower["settings"], tower["kept_states"], pq.read_table(items))
-        partial = store.with_name(store.name + ".partial")
-        k, width, _ = SHAPES[shape]
-        group = _new_store(partial, n + 1, k, width, CHUNK, attrs | {"chunk_items": CHUNK, "sort_chunks": 16})
-        rng = np.random.default_rng(1)
-        for lo in range(0, n + 1, CHUNK):
-            rows = min(CHUNK, n + 1 - lo)
-            group["states"][lo:lo + rows] = (rng.standard_normal((rows, k, width), dtype=np.float32) * 0.5).astype(np.float16)
-            group["done"][lo // CHUNK] = True
-        group.attrs.update({"complete": True, "missing_items": {"no_text": 0}})
-        partial.rename(store)
+        random_store(store, resolved(shape, store, 1.0)["towers"]["text"], pq.read_table(items), CHUNK, seed=1)
     return items, sequences, store
 
 
@@ -169,10 +157,7 @@ def main():
     lines += ["", f"A training step's items (704 random rows) at {max(args.sizes):,} items: "
               f"Zarr chunks with an LRU of 512 decoded chunks {gathers.get('zarr_chunk_lru')} ms, "
               f"the raw float16 copy {gathers.get('raw_copy_pread')} ms."]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps({"machine": machine, "rows": rows, "gather_ms": gathers}, indent=2) + "\n")
-    (args.out / "scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "scale", machine, lines, rows=rows, gather_ms=gathers)
 
 
 if __name__ == "__main__":

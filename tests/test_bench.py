@@ -39,3 +39,19 @@ def test_rank_bench_prints_its_ratio(tmp_path):
     ratio = float(done.stdout.strip().splitlines()[-1].removeprefix("ratio: "))
     rows = json.loads((tmp_path / "rank_throughput.json").read_text())["rows"]
     assert [r["users"] for r in rows] == [500, 12076] and rows[-1]["ratio"] == ratio > 0
+
+
+def test_encode_bench_prints_its_ratio(tmp_path):
+    done = subprocess.run([sys.executable, "bench/encode_throughput.py", "--data", str(tmp_path / "absent"), "--limit", "40",
+                           "--threads", "1", "--out", str(tmp_path)], cwd=REPO, check=True, capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1].startswith("ratio: ")
+    rows = json.loads((tmp_path / "encode_throughput.json").read_text())["rows"]
+    assert {r["encoder"] for r in rows} >= {"project", "plain"} and all(r["items"] == 40 for r in rows)
+
+
+def test_scale_bench_agrees_between_its_paths(tmp_path):
+    subprocess.run([sys.executable, "bench/scale.py", "--sizes", "600", "--users", "60", "--threads", "1",
+                    "--workdir", str(tmp_path / "work"), "--out", str(tmp_path)], cwd=REPO, check=True, capture_output=True)
+    rows = json.loads((tmp_path / "scale.json").read_text())["rows"]
+    assert [(r["items"], r["shape"]) for r in rows] == [(600, "4 x 384"), (600, "7 x 8192")]
+    assert all(r["memory"]["valid_hr@10"] == r["stream"]["valid_hr@10"] for r in rows)
