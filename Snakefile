@@ -7,8 +7,10 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, read_yaml
 
-# Jobs run the interpreter that runs Snakemake (the project's .venv), whatever the caller's PATH.
-shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
+# Jobs run the interpreter that runs Snakemake (the project's .venv), whatever the caller's PATH;
+# with --sdm conda each rule's own environment (envs/) runs them instead.
+if not any("conda" in str(m).lower() for m in workflow.deployment_settings.deployment_method):
+    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 try:  # Snakemake's own message for a YAML syntax error names neither line nor column
     read_yaml("config.yaml")

@@ -19,12 +19,12 @@ def random_store(path: Path, tower: dict, items, chunk_items: int = 256, seed: i
     import numpy as np
 
     from pipeline.cache import store_attributes
-    from pipeline.encode import _new_store
+    from pipeline.encode import SORT_CHUNKS, _new_store, write_manifest
 
     rows, k, width = items.num_rows + 1, len(tower["kept_states"]), tower["hidden_size"]
     attrs = store_attributes(tower["settings"], tower["kept_states"], items)
     partial = path.with_name(path.name + ".partial")
-    group = _new_store(partial, rows, k, width, chunk_items, attrs | {"chunk_items": chunk_items, "sort_chunks": 16})
+    group = _new_store(partial, rows, k, width, chunk_items, attrs | {"chunk_items": chunk_items, "sort_chunks": SORT_CHUNKS})
     rng = np.random.default_rng(seed)
     for lo in range(0, rows, chunk_items):
         n = min(chunk_items, rows - lo)
@@ -32,3 +32,4 @@ def random_store(path: Path, tower: dict, items, chunk_items: int = 256, seed: i
         group["done"][lo // chunk_items] = True
     group.attrs.update({"complete": True, "missing_items": {}})
     partial.rename(path)
+    write_manifest(path)

@@ -14,7 +14,6 @@ the measurement (docs/BENCHMARKS.md).
 Usage: python bench/efficiency_bert_vit.py [--scale gpu|smoke] [--out DIR]
 """
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from llm_encode_train import REPO, device_name, tables  # bench/ is the script's folder; it puts the repo on sys.path
 from transformers import AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel
 
+from bench.common import write_report
 from pipeline.backbone import model_path
 from pipeline.config import load_config, resolve_run
 from pipeline.efficiency import COLUMNS, measure_in_subprocess, plot, with_ratios
@@ -79,16 +79,14 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / f"efficiency.{args.scale}.csv", rows, COLUMNS)
     plot(rows, args.out / f"efficiency.{args.scale}.png", f"BERT-base + ViT-base shapes ({device_name()})")
-    report = {"device": device_name(), "scale": args.scale, "data": data,
-              "command": f"python bench/efficiency_bert_vit.py --scale {args.scale}", "rows": rows}
-    (args.out / f"efficiency.{args.scale}.json").write_text(json.dumps(report, indent=2))
-    print(f"Device: {report['device']}; data: {data}; command: `{report['command']}`\n")
-    print("| run | batch | s/epoch | peak memory | trainable params | time x IISAN | memory x IISAN |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['run']} | {r['batch_size']} | {r['seconds_per_epoch']:.2f} | "
-              f"{r['peak_memory_bytes'] / 2**20:.0f} MiB | {r['trainable_params']:,} | {r['time_ratio']} | "
-              f"{r['memory_ratio']} |")
+    command = f"python bench/efficiency_bert_vit.py --scale {args.scale}"
+    lines = [f"Device: {device_name()}; data: {data}; command: `{command}`", "",
+             "| run | batch | s/epoch | peak memory | trainable params | time x IISAN | memory x IISAN |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['batch_size']} | {r['seconds_per_epoch']:.2f} | {r['peak_memory_bytes'] / 2**20:.0f} MiB "
+              f"| {r['trainable_params']:,} | {r['time_ratio']} | {r['memory_ratio']} |" for r in rows]
+    write_report(args.out, f"efficiency.{args.scale}", device_name(), lines, device=device_name(), scale=args.scale,
+                 data=data, command=command, rows=rows)
 
 
 if __name__ == "__main__":

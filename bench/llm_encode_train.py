@@ -34,7 +34,7 @@ import zarr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import random_store
+from bench.common import random_store, write_report
 from pipeline import layerdrop
 from pipeline.build_encoder import build_llm
 from pipeline.cache import store_bytes
@@ -204,10 +204,7 @@ def main(argv=None):
                   "command": f"python bench/llm_encode_train.py --scale {args.scale}",
                   "encode": bench_encode(work, items, s), "train": bench_train(work, items, sequences, s)}
     report["total_seconds"] = round(time.perf_counter() - start, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"llm_encode_train.{args.scale}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"llm_encode_train.{args.scale}.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, f"llm_encode_train.{args.scale}", report["device"], markdown(report).splitlines(), **report)
 
 
 if __name__ == "__main__":

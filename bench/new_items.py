@@ -18,7 +18,6 @@ Usage: python bench/new_items.py --dataset demo --content-run iisan-vs [--id-run
 (the dataset must be prepared: results/<dataset>/items.parquet and sequences.parquet)
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.cache import item_columns  # noqa: E402
+from bench.common import write_report  # noqa: E402
 from pipeline.config import load_configs, resolve_run  # noqa: E402
 from pipeline.data import make_splits, read_sequences  # noqa: E402
 from pipeline.encode import encode  # noqa: E402
@@ -131,8 +130,15 @@ def main():
     counts = pc.value_counts(pa.chunked_array([all_seqs.column("items").combine_chunks().flatten()]))
     report["interactions_with_new_items"] = int(sum(c["counts"].as_py() for c in counts
                                                     if c["values"].as_py() > old.num_rows))
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    lines = [f"# new items on {args.dataset}: {len(new)} of {items.num_rows} items held out of training, then added",
+             "", "| run | HR@10 | NDCG@10 | HR@10 on new-item targets | users with a new item in the top 10 | "
+             "new items' share of top-10 slots |", "|---|---|---|---|---|---|"]
+    for name, r in report["runs"].items():
+        new_hr = "-" if r["hr@10_new_targets"] is None else f"{100 * r['hr@10_new_targets']:.2f}"
+        lines.append(f"| `{name}` | {100 * r['hr@10']:.2f} | {100 * r['ndcg@10']:.2f} | {new_hr} "
+                     f"({r['users_with_new_target']} users) | {100 * r['users_with_a_new_item_in_top10']:.1f}% | "
+                     f"{100 * r['new_items_share_of_top10']:.1f}% |")
+    write_report(work, "report", f"{torch.get_num_threads()} threads, torch {torch.__version__}", lines, **report)
 
 
 if __name__ == "__main__":

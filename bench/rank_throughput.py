@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_report  # noqa: E402
-from pipeline.data import EvalSplit, make_splits, seen_matrix  # noqa: E402
+from pipeline.data import EvalSplit, make_splits  # noqa: E402
 from pipeline.metrics import PROTOCOLS, rank_split  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
 
@@ -45,7 +45,7 @@ def synthetic_split(users: int, items: int, mean_length: int, seed: int = 0) -> 
     rng = np.random.default_rng(seed)
     histories = [rng.integers(1, items + 1, size=max(2, int(rng.exponential(mean_length))) + 1) for _ in range(users)]
     return EvalSplit(user_ids=[str(u) for u in range(users)], inputs=np.zeros((users, 1), dtype=np.int64),
-                     histories=histories, targets=rng.integers(1, items + 1, size=users), seen=seen_matrix(histories))
+                     histories=histories, targets=rng.integers(1, items + 1, size=users))
 
 
 def floor(U: torch.Tensor, I: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ def floor(U: torch.Tensor, I: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 
 def project(U: torch.Tensor, I: torch.Tensor, split: EvalSplit, num_items: int):
     rows = np.arange(len(U))[:, None]
-    split = EvalSplit(split.user_ids, rows, split.histories, split.targets, split.seen)  # inputs = user rows
+    split = EvalSplit(split.user_ids, rows, split.histories, split.targets)  # inputs = user rows
     return rank_split(lambda inputs: U[torch.as_tensor(inputs[:, 0])] @ I.T, split, num_items, KS, PROTOCOLS,
                       batch=BATCH)
 

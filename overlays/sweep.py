@@ -24,4 +24,4 @@ for run in runs:
     r = json.loads(path.read_text())
     v = r["metrics"]["valid"]
     print(f"| `{run}` | {100 * v['hr@10']:.2f} | {100 * v['ndcg@10']:.2f} | {r['best_epoch']} / {r['epochs']} | "
-          f"{r['converged']} | {r['efficiency']['seconds_per_epoch']:.1f} |")
+          f"{r['converged']} | {r['efficiency']['seconds_per_epoch'] or 0:.1f} |")

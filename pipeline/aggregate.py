@@ -3,7 +3,8 @@
 Reads each seed's result.json, per_user.parquet and topk.parquet (evaluate's outputs in
 results/{dataset}/runs/{run}/seed{seed}/) and writes
 - results/{dataset}/{run}.json: the first seed's result with `metrics` and
-  `metrics_repeat_aware` replaced by the means over seeds, `metrics_std` and
+  `metrics_repeat_aware` replaced by the means over seeds (and `efficiency.seconds_per_epoch`
+  by its mean), `metrics_std` and
   `metrics_repeat_aware_std` (sample standard deviation; 0 for one seed), `seeds`, `per_seed`
   (seed, test and valid metrics, best epoch, epochs, converged, seconds per epoch) and
   `converged` (every seed converged);
@@ -60,6 +61,8 @@ def aggregate(results: list[Path], out_json: Path, per_user_out: Path, topk_out:
         result["best_epoch"] = statistics.median_low(r["best_epoch"] for r in trained)
         result["epochs"] = statistics.median_low(r["epochs"] for r in trained)
         result["converged"] = all(r.get("converged") for r in trained)
+        result["efficiency"] = dict(result["efficiency"], seconds_per_epoch=float(np.mean(
+            [r["efficiency"]["seconds_per_epoch"] for r in trained])))  # the mean over seeds
 
     tables = [pq.read_table(Path(p).parent / "per_user.parquet") for p in results]
     first = tables[0].select(KEYS)

@@ -214,12 +214,6 @@ class Backbone:
         return dict(self.tokenizer.pad({k: [v[r] for r in rows] for k, v in tokens.items()}, padding=self.padding,
                                        return_tensors="pt", **to_max))
 
-    def sizes(self, items: list[dict]) -> list[int]:
-        """A length per item, used to group similar lengths into one batch."""
-        if self.modality == "text":
-            return [len(t) for t in self.tokenizer([i[self.column] or "" for i in items])["input_ids"]]
-        return [0] * len(items)
-
     def load_image(self, item: dict):
         """(RGB image or None, status): status is ok, no_image or unreadable. An image is
         shrunk to at most LOAD_SIDE pixels a side as it is decoded (the processors resize to

@@ -71,6 +71,12 @@ def store_attributes(settings: dict, states: list[int], items) -> dict:
     }
 
 
+def manifest_path(store: Path) -> Path:
+    """The file that says a store is complete (X.zarr -> X.json): what the Snakemake rules track,
+    while the store itself is the encode stage's own, so a rerun can extend or replace it."""
+    return Path(store).with_suffix(".json")
+
+
 def check_attributes(found: dict, expected: dict, where: Path) -> None:
     diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
     if diff:
@@ -145,7 +151,8 @@ class StreamedStates:
         return out
 
     def __del__(self):
-        os.close(self.fd)
+        if hasattr(self, "fd"):
+            os.close(self.fd)
 
 
 def _raw_copy(store: zarr.Group, path: Path) -> Path:
@@ -157,25 +164,44 @@ def _raw_copy(store: zarr.Group, path: Path) -> Path:
     if raw.exists():
         return raw
     for stale in Path(path).parent.glob(f"{Path(path).name}.*.f16"):  # another identity: an older store
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # another job may be removing it too
+    for left in Path(path).parent.glob(f".{Path(path).name}.*.f16.tmp*"):  # of killed jobs: as large as the store
+        if not _alive(int(left.name.rsplit(".tmp", 1)[1])):
+            left.unlink(missing_ok=True)
     tmp = raw.with_name(f".{raw.name}.tmp{os.getpid()}")
     states = store["states"]
-    with open(tmp, "wb") as f:
-        for lo in range(0, states.shape[0], states.chunks[0]):
-            f.write(np.ascontiguousarray(read_chunk_rows(store, path, lo, lo + states.chunks[0])).tobytes())
-    os.replace(tmp, raw)
+    try:
+        with open(tmp, "wb") as f:
+            for lo in range(0, states.shape[0], states.chunks[0]):
+                f.write(np.ascontiguousarray(read_chunk_rows(store, path, lo, lo + states.chunks[0])).tobytes())
+        os.replace(tmp, raw)
+    finally:
+        tmp.unlink(missing_ok=True)
     return raw
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        pass
+    return True
+
+
 def memory_budget_bytes(cache_memory_mb: float | None) -> int:
-    """train.cache_memory_mb, or by default half of the memory now available."""
+    """train.cache_memory_mb, or by default half of the memory now available (of the GPU's too,
+    where the in-memory caches go)."""
     if cache_memory_mb is not None:
         return int(cache_memory_mb * 2**20)
     try:
         with open("/proc/meminfo") as f:
             available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):  # not Linux: no budget unless one is given
-        return 2**62
+    except (OSError, StopIteration):  # not Linux: no host budget unless one is given
+        available = 2**62
+    if torch.cuda.is_available():
+        available = min(available, torch.cuda.mem_get_info()[0])
     return available // 2
 
 
@@ -200,10 +226,12 @@ def read_states(run: dict, items, cache_memory_mb: float | None = None) -> dict:
     for name, (path, store) in stores.items():
         if stream:
             out[name] = StreamedStates(_raw_copy(store, path), store["states"].shape)
-        else:
+        else:  # one array filled chunk by chunk: the store is in memory once, not twice
+            states = np.empty(store["states"].shape, dtype=np.float16)
             chunk = store["states"].chunks[0]
-            out[name] = torch.from_numpy(np.concatenate([read_chunk_rows(store, path, lo, lo + chunk)
-                                                         for lo in range(0, store["states"].shape[0], chunk)]))
+            for lo in range(0, len(states), chunk):
+                states[lo:lo + chunk] = read_chunk_rows(store, path, lo, lo + chunk)
+            out[name] = torch.from_numpy(states)
     return out
 
 

@@ -16,7 +16,6 @@ class EvalSplit:
     inputs: np.ndarray  # [U, max_history] item indices, left padded with 0
     histories: list[np.ndarray]  # every item before the target, in order
     targets: np.ndarray  # [U]
-    seen: np.ndarray  # [U, H] int32: each history's distinct items (masked in ranking), 0-padded
 
 
     def sample(self, n: int | None, seed: int) -> "EvalSplit":
@@ -26,7 +25,7 @@ class EvalSplit:
             return self
         rows = np.sort(np.random.default_rng(seed).choice(len(self.targets), size=n, replace=False))
         return EvalSplit([self.user_ids[r] for r in rows], self.inputs[rows], [self.histories[r] for r in rows],
-                         self.targets[rows], self.seen[rows])
+                         self.targets[rows])
 
 
 @dataclass
@@ -89,7 +88,6 @@ def make_splits(user_ids: list[str], sequences: list[list[int]], num_items: int,
             inputs=np.stack([left_pad(h, max_history) for h in histories]),
             histories=histories,
             targets=np.array([s[len(s) - offset] for s in sequences], dtype=np.int64),
-            seen=seen_matrix(histories),
         )
 
     train_windows = np.stack(rows) if rows else np.zeros((0, max_history + 1), dtype=np.int64)

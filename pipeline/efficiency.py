@@ -31,7 +31,7 @@ from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_csv
 from pipeline.join_captions import run_items
-from pipeline.models.build import build_model, count_parameters, learning_rates
+from pipeline.models.build import build_model, count_parameters, make_optimizer
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, peak_memory_bytes
 
@@ -49,9 +49,9 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     dev = device()
     items = run_items(run, items_parquet)
     user_ids, sequences = read_sequences(sequences_parquet)
-    splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"])
+    splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"], t["windows"])
     model = build_model(run, splits.num_items, items, read_states(run, items, t["cache_memory_mb"])).to(dev).train()
-    optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0)
+    optimizer = make_optimizer(model, t, dev)
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
     windows = torch.as_tensor(splits.train_windows, device=dev)
     order = torch.as_tensor(np.random.default_rng(t["seed"]).permutation(len(windows)), device=dev)

@@ -41,6 +41,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from pipeline.backbone import Backbone, BackboneError
 from pipeline.cache import (
     CacheError,
+    manifest_path,
     check_attributes,
     check_complete,
     item_columns,
@@ -50,9 +51,13 @@ from pipeline.cache import (
     store_bytes,
 )
 from pipeline.data import DataError
+from pipeline.files import write_json
 from pipeline.join_captions import read_items
 
 SORT_CHUNKS = 16  # chunks whose items are length-sorted and batched together (encode.sort_chunks)
+# Write every chunk, zeros included, so that a deleted chunk file is noticed (zarr keeps this
+# setting per array object, not in the store: it must hold wherever the arrays are reopened).
+zarr.config.set({"array.write_empty_chunks": True})
 
 
 class EncodeError(CacheError):
@@ -72,17 +77,17 @@ def shard_rows(n_rows: int, window: int, shard: int, shards: int) -> tuple[int, 
 
 
 def _new_store(path: Path, n_rows: int, n_states: int, width: int, chunk_items: int, attrs: dict) -> zarr.Group:
-    # Every chunk checksummed (a flipped byte fails to read) and written even when all zeros (a
-    # deleted chunk file is noticed by counting them: pipeline.cache.check_complete).
-    checked = {"compressors": [ZstdCodec(), Crc32cCodec()], "config": {"write_empty_chunks": True}}
+    # Every chunk checksummed: a flipped byte fails to read. The attributes come first, so that a
+    # store killed while being created lacks arrays, and is started again (_open_partial).
+    checked = {"compressors": [ZstdCodec(), Crc32cCodec()]}
     group = zarr.open_group(str(path), mode="w")
+    group.attrs.update(attrs | {"complete": False})
     group.create_array("states", shape=(n_rows, n_states, width), chunks=(chunk_items, n_states, width),
                        dtype="float16", fill_value=0, **checked)
     group.create_array("done", shape=(-(-n_rows // chunk_items),), chunks=(1,), dtype="bool", fill_value=False,
                        **checked)
     # per item: 0 = encoded, 1 = no image, 2 = unreadable image, 3 = no caption (states left at zero)
     group.create_array("missing", shape=(n_rows,), chunks=(chunk_items,), dtype="uint8", fill_value=0, **checked)
-    group.attrs.update(attrs | {"complete": False})
     return group
 
 
@@ -113,26 +118,31 @@ def store_lock(out: Path):
         os.close(fd)
 
 
-def _open_partial(partial: Path, expected: dict, make) -> zarr.Group:
-    """The half-written store to continue, or a new one: a .partial whose Zarr metadata is gone
-    (killed while creating it) is started again; one written for another request is refused."""
+def _open_partial(partial: Path, expected: dict, make, replace: bool = False) -> zarr.Group:
+    """The half-written store to continue, or a new one: a .partial killed while being created
+    (no metadata, attributes or arrays) is started again; one written for another request is
+    refused, or with `replace` started again."""
     if partial.exists():
         try:
             group = zarr.open_group(str(partial), mode="r+")
             found = dict(group.attrs)
+            whole = "complete" in found and {"states", "done", "missing"} <= set(group.array_keys())
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
-            found = None
-        if found is not None and "done" in group and "states" in group:
+            whole = False
+        if whole and (not replace or all(found.get(k) == v for k, v in expected.items())):
             check_attributes(found, expected, partial)
             return group
-        print(f"{partial} has no usable Zarr metadata (interrupted while being created): starting it again")
+        why = "for another request" if whole else "without usable Zarr metadata (killed while being created)"
+        print(f"{partial} was written {why}: starting it again")
         shutil.rmtree(partial)
     return make()
 
 
-def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: dict) -> None:
-    """Count the items encoded as zeros, mark the store complete and move it into place (a store
-    already there, for another request, is replaced only now)."""
+def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: dict, drop=()) -> None:
+    """Count the items encoded as zeros, mark the store complete (attributes written at once,
+    `drop` ones removed) and move it into place: a store already there, for another request, is
+    replaced only now. Then write its manifest (pipeline.cache.manifest_path) unless it is a
+    shard's part."""
     if not all(group["done"][:]):
         raise RuntimeError(f"{partial}: some chunks are not done")
     codes = group["missing"][:]
@@ -140,16 +150,22 @@ def _finish(group: zarr.Group, partial: Path, out: Path, modality: str, attrs: d
     report = {status: int((codes == MISSING_CODES[status]).sum()) for status in kinds}
     if any(report.values()):
         print(f"{out.name}: items encoded as zeros: {report}")
-    group.attrs.update(attrs | {"missing_items": report, "complete": True})
-    if partial == out:  # appended in place
-        return
-    if out.exists():
+    final = {k: v for k, v in dict(group.attrs).items() if k not in drop}
+    group.attrs.put(final | attrs | {"missing_items": report, "complete": True})
+    if partial != out:  # not appended in place
         old = out.with_name(out.name + ".replaced")
-        out.rename(old)
+        shutil.rmtree(old, ignore_errors=True)  # left by a replace that was killed
+        if out.exists():
+            out.rename(old)
         partial.rename(out)
-        shutil.rmtree(old)
-    else:
-        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    if "shard" not in final:
+        write_manifest(out)
+
+
+def write_manifest(out: Path) -> None:
+    """The store's attributes beside it: the file the Snakemake rules track (pipeline.cache)."""
+    write_json(manifest_path(out), dict(open_store(out).attrs) | {"store": out.name})
 
 
 def _request(items_parquet: Path, settings: dict, states: list[int], missing_image: str, captions=()):
@@ -195,6 +211,8 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, ch
             found = _found_attributes(out, replace)
             if found is not None and all(found.get(k) == v for k, v in (expected | {"complete": True}).items()):
                 print(f"{out} is complete; nothing to do")
+                if not shard:
+                    write_manifest(out)
                 return expected
             first = None if shard or found is None else _extended_prefix(found, expected, items, settings, layout)
             if first is not None:
@@ -208,7 +226,7 @@ def encode(items_parquet: Path, settings: dict, states: list[int], out: Path, ch
                 check_attributes(found, expected | {"complete": True}, out)
         partial = out.with_name(out.name + ".partial")
         group = _open_partial(partial, expected | layout, lambda: _new_store(
-            partial, end - base, len(states), settings["hidden_size"], chunk_items, expected | layout))
+            partial, end - base, len(states), settings["hidden_size"], chunk_items, expected | layout), replace)
         _encode_rows(group, settings, states, records, out, base, end, base, window, chunk_items, missing_image,
                      on_chunk_done, partial)
     return expected
@@ -242,13 +260,13 @@ def _grow(group: zarr.Group, found: dict, expected: dict, n_rows: int, chunk_ite
     """Make room for the new rows; the chunk shared by the last old and first new rows is done
     again once its new rows are written."""
     old_rows = found["items"] + 1
-    if group["states"].shape[0] != n_rows:
-        group["states"].resize((n_rows, *group["states"].shape[1:]))
-        group["missing"].resize((n_rows,))
-        group["done"].resize((-(-n_rows // chunk_items),))
-        if old_rows % chunk_items:
-            group["done"][old_rows // chunk_items] = False
-    group.attrs.update({"complete": False, "growing_to": expected["items_fingerprint"]})
+    group.attrs.update({"complete": False, "growing_to": expected["items_fingerprint"]})  # first: a resume knows
+    for name, shape in (("states", (n_rows, *group["states"].shape[1:])), ("missing", (n_rows,)),
+                        ("done", (-(-n_rows // chunk_items),))):
+        if group[name].shape != shape:  # each its own check: a kill may fall between them
+            group[name].resize(shape)
+    if old_rows % chunk_items:
+        group["done"][old_rows // chunk_items] = False
 
 
 def _encode_rows(group: zarr.Group, settings: dict, states: list[int], records: list[dict], out: Path, lo: int,
@@ -279,15 +297,16 @@ def _encode_rows(group: zarr.Group, settings: dict, states: list[int], records: 
             pending.result()
     bar.close()
     attrs = {"encode_seconds": round(time.perf_counter() - start, 3), "batch_size_used": state["batch_size"]}
+    drop = ()
     if extra:  # an extension: the grown table's identity, and the prefixes it extends
         attrs |= extra | {"items": len(records), "items_fingerprint": group.attrs["growing_to"]}
-        del group.attrs["growing_to"]
-    _finish(group, partial, out, settings["modality"], attrs)
+        drop = ("growing_to",)
+    _finish(group, partial, out, settings["modality"], attrs, drop)
 
 
 def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, width: int, missing_image: str,
                    state: dict, bar) -> tuple[torch.Tensor, np.ndarray]:
-    """Pooled states [hi - lo, K, D] (float32, CPU; row 0 of the store stays zero) and missing
+    """Pooled states [hi - lo, K, D] (float16, CPU; row 0 of the store stays zero) and missing
     codes of the item rows lo..hi, in batches of similar token length."""
     rows = [r for r in range(lo, hi) if r > 0]
     window_records = [records[r - 1] for r in rows]
@@ -328,8 +347,8 @@ def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, wi
             bar.write(f"out of memory: encoding on with batches of {state['batch_size']}")
             bar.set_postfix(batch=state["batch_size"])
             continue
-        if pooled is not None:
-            parts.append((ok, pooled))
+        if pooled is not None:  # float16 on the device: half the memory and transfer, the same rounding
+            parts.append((ok, pooled.half()))
         bar.update(len(batch))
         b += len(batch)
     if status is not None:  # missing captions were counted by the caption stage; encoded as zeros
@@ -338,19 +357,19 @@ def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, wi
         bar.update(len(missing))
     if lo == 0:
         bar.update(1)  # the padding row
-    block = torch.zeros((hi - lo, len(backbone.states), width), dtype=torch.float32)
+    block = torch.zeros((hi - lo, len(backbone.states), width), dtype=torch.float16)
     if parts:
         positions = torch.as_tensor([rows[i] - lo for ok, _ in parts for i in ok])
-        block[positions] = torch.cat([p for _, p in parts]).float().cpu()
+        block[positions] = torch.cat([p for _, p in parts]).cpu()
     return block, codes
 
 
 def _write_window(group: zarr.Group, block: torch.Tensor, codes: np.ndarray, first: int, chunk_items: int,
                   on_chunk_done) -> None:
-    """Write a window's rows (from store row `first`) chunk by chunk as float16, marking each
-    chunk done after its states are written. A window ends on a chunk boundary (or the store's
+    """Write a window's rows (from store row `first`) chunk by chunk, marking each chunk done
+    after its states are written. A window ends on a chunk boundary (or the store's
     end); it starts on one unless it extends a store, whose last chunk it then completes."""
-    states = block.numpy().astype(np.float16)
+    states = block.numpy()
     c = 0
     while c < len(states):
         n = min(len(states) - c, chunk_items - (first + c) % chunk_items)  # up to the chunk's end

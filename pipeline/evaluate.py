@@ -1,9 +1,9 @@
-"""evaluate: full ranking over all items on validation and test -> the run's result JSON.
+"""evaluate: full ranking over all items on validation and test -> one seed's result.
 
-Writes results/{dataset}/{run}.json (metrics, efficiency, resolved config, versions),
-results/{dataset}/{run}.per_user.parquet (one row per user x split x protocol, for paired
-significance tests) and results/{dataset}/{run}.topk.parquet (each test user's 10
-recommendations, history excluded). A trained run is read from --model-dir; popularity ranks by
+Writes (the Snakemake rule: in results/{dataset}/runs/{run}/seed{seed}/) result.json (metrics,
+efficiency, resolved config, versions), per_user.parquet (one row per user x split x protocol,
+for paired significance tests) and topk.parquet (each test user's 10 recommendations, history
+excluded); pipeline.aggregate combines the seeds into results/{dataset}/{run}.json. A trained run is read from --model-dir; popularity ranks by
 training counts.
 
 Usage: python -m pipeline.evaluate --run JSON --items I --sequences S [--model-dir DIR] --out X.json

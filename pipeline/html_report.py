@@ -83,9 +83,8 @@ def metric_text(result: dict, split: str, metric: str) -> str:
 
 
 def seconds_per_epoch(result: dict) -> float | None:
-    """The mean over seeds (the result's own efficiency block is its first seed's)."""
-    values = [s["seconds_per_epoch"] for s in result["per_seed"] if s["seconds_per_epoch"] is not None]
-    return sum(values) / len(values) if values else None
+    """The mean over seeds (pipeline.aggregate writes it)."""
+    return result["efficiency"].get("seconds_per_epoch")
 
 
 def epochs_text(result: dict) -> str:

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.data import seen_matrix
+
 PROTOCOLS = ("reference", "repeat_aware")
 
 
@@ -92,7 +94,8 @@ def rank_split(score_fn: Callable, split, num_items: int, ks, protocols, batch: 
         scores = score_fn(split.inputs[lo:lo + batch]).float()
         dev = scores.device
         targets = torch.as_tensor(split.targets[lo:lo + batch], device=dev)
-        seen = torch.as_tensor(split.seen[lo:lo + batch], dtype=torch.int64, device=dev)
+        # each block's histories padded to its own longest: one heavy user widens only its block
+        seen = torch.as_tensor(seen_matrix(split.histories[lo:lo + batch]), dtype=torch.int64, device=dev)
         r, s = target_ranks(scores, targets, seen)
         ranks.append(r.cpu())
         seen_targets.append(s.cpu())

@@ -10,8 +10,7 @@ Usage: python -m pipeline.summary [--config config.yaml] [--results-dir results]
 import argparse
 from pathlib import Path
 
-import yaml
-
+from pipeline.config import ConfigError, load_configs
 from pipeline.html_report import ReportError, converged_text, metric_text, read_results, seconds_per_epoch
 
 COLUMNS = ("run", "test HR@10 (%)", "test NDCG@10 (%)", "epochs (best)", "converged", "s / epoch")
@@ -36,16 +35,16 @@ def summary(dataset_dir: Path, runs: list[str]) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("config.yaml"), help="its default_targets are summarised")
+    parser.add_argument("--config", type=Path, nargs="+", default=[Path("config.yaml")],
+                        help="the config, then overlays as Snakemake's --configfile; its default_targets are summarised")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     try:
-        targets = {d: runs for d, runs in (yaml.safe_load(args.config.read_text()).get("default_targets") or {}).items()
-                   if runs}
+        targets = {d: runs for d, runs in load_configs(args.config)["default_targets"].items() if runs}
         if not targets:
-            raise ReportError(f"{args.config} lists no runs in default_targets")
+            raise ReportError(f"{' '.join(map(str, args.config))} lists no runs in default_targets")
         print("\n\n".join(summary(args.results_dir / dataset, runs) for dataset, runs in targets.items()))
-    except (ReportError, OSError) as e:
+    except (ReportError, ConfigError, OSError) as e:
         raise SystemExit(f"summary: {e}")
 
 

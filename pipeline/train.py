@@ -26,7 +26,7 @@ from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_json
 from pipeline.join_captions import run_items
 from pipeline.metrics import rank_split
-from pipeline.models.build import build_model, count_parameters, learning_rates
+from pipeline.models.build import build_model, count_parameters, make_optimizer
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, device_name, parse_run_arguments, peak_memory_bytes, run_arguments
 
@@ -67,8 +67,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     if t["compile"]:  # the encoders only: torch.unique and the losses' masks have data-dependent shapes
         model.item_encoder.compile(dynamic=True)
         model.user_encoder.compile(dynamic=True)
-    optimizer = torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0,
-                                 fused=dev.type == "cuda")
+    optimizer = make_optimizer(model, t, dev)
     steps_per_epoch = math.ceil(len(splits.train_windows) / t["batch_size"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, steps_per_epoch))
     log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))

@@ -2,7 +2,6 @@
 the learning-rate schedule, the convergence flag and seeds."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F

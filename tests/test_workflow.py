@@ -58,7 +58,9 @@ def test_tiny_workflow_end_to_end(tmp_path):
         assert result["run"] == run and 0 <= result["metrics"]["test"]["hr@10"] <= 1
         assert (tmp_path / f"results/tiny/{run}.per_user.parquet").exists()
         assert (tmp_path / f"results/tiny/{run}.topk.parquet").exists()
-    caches = sorted(p.name for p in (tmp_path / "results/tiny/cache").iterdir())
+    caches = sorted(p.name for p in (tmp_path / "results/tiny/cache").glob("*.zarr"))
+    manifests = sorted(p.name for p in (tmp_path / "results/tiny/cache").glob("*.json"))
+    assert manifests == [name.replace(".zarr", ".json") for name in caches]  # what the rules track
     # VA keeps 2 text states (group LayerDrop of 6 blocks to a 2-block ViT); frozen reuses the
     # symmetric MiniLM selection. No half-written store is left behind.
     assert caches == ["llm-tiny.h0-4.zarr", "minilm.h0-2-4-6.zarr", "minilm.h0-6.zarr", "vit-tiny.h0-1-2.zarr",

@@ -73,6 +73,11 @@ def learning_rates(t: dict) -> dict[str, float]:
     return {g: t[f"lr_{g}"] * t["lr_scale"] for g in LR_GROUPS}
 
 
+def make_optimizer(model: Recommender, t: dict, dev: torch.device) -> torch.optim.Adam:
+    """Adam without weight decay over the model's learning-rate groups (fused on a GPU)."""
+    return torch.optim.Adam(model.optimizer_groups(learning_rates(t)), weight_decay=0.0, fused=dev.type == "cuda")
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())

@@ -3,7 +3,6 @@ syntax, broken config files, misspelt overrides, clearing a mapping; and a run f
 twice, gives the same results bit for bit."""
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -62,12 +61,12 @@ def test_an_override_file_can_clear_a_mapping(tmp_path):
         "build: {architecture: llava_next}}}\n")
     (tmp_path / "no-captions.yaml").write_text("datasets: {small: {captions: null}}\n")
     plain = snakemake(tmp_path, "-n", "results/small/items_captioned.parquet")
-    assert plain.returncode == 0 and "caption small: cover_caption" in plain.stdout
+    assert plain.returncode == 0 and "rule caption:" in plain.stdout
     cleared = subprocess.run(SNAKEMAKE + ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
                                           str(tmp_path / "no-captions.yaml"), "-n", "results/small/text.json"],
                              capture_output=True, text=True)
     assert cleared.returncode == 0, cleared.stderr[-2000:]
-    assert "caption" not in cleared.stdout.replace("captions", "")
+    assert "rule caption:" not in cleared.stdout
 
 
 def test_a_run_from_scratch_twice_gives_the_same_results(tmp_path):

@@ -13,8 +13,6 @@ rule caption:
         dataset=names_matching(lambda ds: ds["captions"]),
     params:
         settings=captioner_settings,
-    message:
-        "caption {wildcards.dataset}: {wildcards.column} (log: {log})"
     log:
         "results/logs/{dataset}/caption.{column}.log",
     benchmark:
@@ -43,8 +41,6 @@ rule join_captions:
         "results/{dataset}/items_captioned.parquet",
     wildcard_constraints:
         dataset=names_matching(lambda ds: ds["captions"]),
-    message:
-        "join captions {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/join_captions.log",
     threads: 1

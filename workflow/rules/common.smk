@@ -17,6 +17,7 @@ from pipeline.config import (
     resolve_run,
     run_seeds,
 )
+from pipeline.cache import manifest_path
 from pipeline.methods import method
 
 # Config errors name the file and line that set the key: the --configfile files (the last
@@ -195,10 +196,10 @@ def run_caches(wildcards):
 
 
 def run_inputs(dataset, run_name):
-    """A cached run's stores; an uncached run's built encoders (hub models need no input); the
-    caption columns its towers read."""
+    """A cached run's stores (their manifests, which the encode rules write); an uncached run's
+    built encoders (hub models need no input); the caption columns its towers read."""
     run = resolve_run(CFG, dataset, run_name)
-    caches = [tower["cache"] for tower in run["towers"].values() if "cache" in tower]
+    caches = [str(manifest_path(tower["cache"])) for tower in run["towers"].values() if "cache" in tower]
     built = [CFG["encoders"][t["encoder"]]["path"] for t in run["towers"].values()
              if "cache" not in t and "build" in CFG["encoders"][t["encoder"]]]
     captions = sorted({t["captions"] for t in run["towers"].values() if "captions" in t})

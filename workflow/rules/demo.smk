@@ -11,8 +11,6 @@ rule synth:
         dataset=names_matching(lambda ds: "synthetic" in ds),
     params:
         settings=lambda w: json.dumps(CFG["datasets"][w.dataset]["synthetic"], sort_keys=True),
-    message:
-        "synthesise dataset {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/synth.log",
     threads: 1
@@ -32,8 +30,6 @@ rule build_encoder:
         directory("results/models/{encoder}"),
     params:
         settings=build_settings,
-    message:
-        "build random model {wildcards.encoder} (log: {log})"
     log:
         "results/logs/models/{encoder}.log",
     threads: 1

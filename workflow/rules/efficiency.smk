@@ -14,8 +14,6 @@ rule efficiency:
         batch_sizes=" ".join(str(b) for b in CFG["efficiency"]["batch_sizes"]),
         steps=CFG["efficiency"]["steps"],
         warmup=CFG["efficiency"]["warmup"],
-    message:
-        "measure efficiency {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/efficiency.log",
     benchmark:

@@ -1,10 +1,11 @@
 rule encode:
     """Frozen forward passes over all items; only the kept states go into the Zarr store.
 
-    Resumable: the work lives in <store>.partial until every chunk is written. The store is an
-    update() output: Snakemake leaves it in place, so a catalogue that grew is encoded by
-    appending its new items, and a store for other settings is replaced only once the new one is
-    complete (--replace). A text encoder reads the titles, or a caption column
+    Resumable: the work lives in <store>.partial until every chunk is written. The rule's output is
+    the store's manifest (<store>.json, written once the store is complete); the store itself is
+    the stage's own, so Snakemake never deletes it: a catalogue that grew is encoded by appending
+    its new items, and a store for other settings is replaced only once the new one is complete
+    (--replace). A text encoder reads the titles, or a caption column
     (<encoder>.<column>.<states>.zarr) from its captions file.
     Uses the GPUs the job sees (CUDA), else the CPU; asks the scheduler for the encoder's `gpus`.
     Encoders with `shards` > 1 are encoded by encode_shard and gather_shards instead.
@@ -12,7 +13,7 @@ rule encode:
     input:
         unpack(encoder_inputs),
     output:
-        update(directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr")),
+        "results/{dataset}/cache/{encoder}{read}.{states}.json",
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards == 1),
     params:
@@ -23,8 +24,7 @@ rule encode:
         missing_image=CFG["encode"]["missing_image"],
         captions=captions_arg,
         part="--replace",  # encode_shard: --shard I N; gather_shards: --gather PART ...
-    message:
-        "encode {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states} (log: {log})"
+        store=lambda w, output: Path(output[0]).with_suffix(".zarr"),
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule encode:
         "python -m pipeline.encode --items {input.item_table:q} --settings {params.settings:q} "
         "--states {params.states} --chunk-items {params.chunk_items} --sort-chunks {params.sort_chunks} "
         "--missing-image {params.missing_image} "
-        "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {output:q} "
+        "{params.captions} {params.part} --threads {threads} --device-map {resources.device_map} --out {params.store:q} "
         "> {log:q} 2>&1"
 
 
@@ -57,8 +57,7 @@ use rule encode as encode_shard with:
         shards=r"\d+",
     params:
         part=lambda w: f"--shard {w.shard} {w.shards}",
-    message:
-        "encode {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states}, shard {wildcards.shard} of {wildcards.shards} (log: {log})"
+        store=lambda w, output: output[0],
     log:
         "results/logs/{dataset}/encode.{encoder}{read}.{states}.part{shard}of{shards}.log",
     benchmark:
@@ -72,13 +71,11 @@ use rule encode as gather_shards with:
         unpack(encoder_inputs),
         parts=shard_parts,
     output:
-        directory("results/{dataset}/cache/{encoder}{read}.{states}.zarr"),
+        "results/{dataset}/cache/{encoder}{read}.{states}.json",
     wildcard_constraints:
         encoder=encoders_with(lambda shards: shards > 1),
     params:
         part=lambda w, input: "--gather " + " ".join(shlex.quote(part) for part in input.parts),
-    message:
-        "gather {wildcards.dataset}: {wildcards.encoder}{wildcards.read} {wildcards.states} from its shards (log: {log})"
     log:
         "results/logs/{dataset}/gather.{encoder}{read}.{states}.log",
     benchmark:

@@ -11,11 +11,9 @@ rule evaluate:
     params:
         run=run_settings,
         model_dir=lambda w, input: f"--model-dir {shlex.quote(str(Path(input.model).parent))}" if "model" in input.keys() else "",
-    message:
-        "evaluate {wildcards.dataset}/{wildcards.run} seed {wildcards.seed} (log: {log})"
     log:
         "results/logs/{dataset}/evaluate.{run}.seed{seed}.log",
-    threads: CFG["train"]["threads"]
+    threads: lambda w: CFG["runs"][w.run]["train"]["threads"]
     resources:
         cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
         gpu=run_gpus,
@@ -40,8 +38,6 @@ rule aggregate:
         result="results/{dataset}/{run}.json",
         per_user="results/{dataset}/{run}.per_user.parquet",
         topk="results/{dataset}/{run}.topk.parquet",
-    message:
-        "aggregate {wildcards.dataset}/{wildcards.run} over its seeds (log: {log})"
     log:
         "results/logs/{dataset}/aggregate.{run}.log",
     threads: 1

@@ -12,8 +12,6 @@ rule download_images:
         manifest="results/{dataset}/download_failures.tsv",
     wildcard_constraints:
         dataset=names_matching(lambda ds: ds["download_images"]),
-    message:
-        "download images {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/download_images.log",
     threads: 1
@@ -42,8 +40,6 @@ rule prepare:
         min_interactions=lambda w: CFG["datasets"][w.dataset]["min_interactions"],
         keep=lambda w: "--keep-unused-items" if CFG["datasets"][w.dataset]["keep_items_without_interactions"] else "",
         out_dir=lambda w, output: Path(output.item_table).parent,
-    message:
-        "prepare {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/prepare.log",
     threads: 1

@@ -18,8 +18,6 @@ rule table:
         table="table[3-9]",
     params:
         spec=lambda w: json.dumps(table_spec(w.table, demo=bool(w.prefix)), sort_keys=True),
-    message:
-        "table {wildcards.prefix}{wildcards.table} (log: {log})"
     log:
         "results/logs/{prefix}tables/{table}.log",
     threads: 1
@@ -46,8 +44,6 @@ rule figure:
         figure="figure[467]",
     params:
         spec=lambda w: json.dumps(table_spec(w.figure, demo=bool(w.prefix)), sort_keys=True),
-    message:
-        "figure {wildcards.prefix}{wildcards.figure} (log: {log})"
     log:
         "results/logs/{prefix}tables/{figure}.log",
     threads: 1
@@ -72,8 +68,6 @@ rule figure5:
         csv="results/{prefix}tables/figure5.csv",
     wildcard_constraints:
         prefix="(demo/)?",
-    message:
-        "figure {wildcards.prefix}figure5 (log: {log})"
     log:
         "results/logs/{prefix}tables/figure5.log",
     threads: 1
@@ -118,8 +112,6 @@ rule report_html:
         "results/{dataset}/report.html",
     params:
         runs=lambda w: " ".join(report_runs(w.dataset)),
-    message:
-        "HTML report {wildcards.dataset} (log: {log})"
     log:
         "results/logs/{dataset}/report_html.log",
     threads: 1

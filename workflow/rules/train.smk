@@ -12,13 +12,11 @@ rule train:
     params:
         run=lambda w: run_settings(w, stage="train"),
         out_dir=lambda w, output: Path(output.model).parent,
-    message:
-        "train {wildcards.dataset}/{wildcards.run} seed {wildcards.seed} (log: {log}; progress there)"
     log:
         "results/logs/{dataset}/train.{run}.seed{seed}.log",
     benchmark:
         "results/benchmarks/{dataset}/train.{run}.seed{seed}.tsv"
-    threads: CFG["train"]["threads"]
+    threads: lambda w: CFG["runs"][w.run]["train"]["threads"]
     resources:
         cpus_per_gpu=4,  # applies to a job only when it asks for a GPU
         gpu=run_gpus,
