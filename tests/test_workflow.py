@@ -131,7 +131,7 @@ def test_captions_through_the_rules_and_two_text_towers(tmp_path):
     result = json.loads((tmp_path / "results/tiny/title-cover-caption.json").read_text())
     assert result["encoders"]["text"]["column"] == "title"
     assert result["encoders"]["image"] == {"encoder": "minilm", "column": "cover_caption", "kept_states": [0, 2, 4, 6]}
-    assert sorted(p.name for p in (tmp_path / "results/tiny/cache").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "results/tiny/cache").glob("*.zarr")) == [
         "minilm.cover_caption.h0-2-4-6.zarr", "minilm.h0-2-4-6.zarr"]
 
 
@@ -185,13 +185,13 @@ def test_llama3_70b_dry_run_shows_the_dag_with_gpu_resources(tmp_path):
                                                             ("prepare", 1), ("train", 1)]
     encodes = {o.split(",")[0]: r for o, r in jobs["encode"].items()}
     # 7 of Llama-3-70B's 81 hidden states (group LayerDrop to ViT-base's 6 blocks), on a GPU.
-    assert encodes.keys() == {"results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr",
-                              "results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"}
+    assert encodes.keys() == {"results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.json",
+                              "results/scientific/cache/vit-base.h0-2-4-6-8-10-12.json"}
     assert all("gpu=1" in r for r in encodes.values())
-    assert "runtime=360" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    assert "runtime=360" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.json"]
     # Spread over the node's GPUs: a resource of the job, so changing it re-runs nothing.
-    assert "device_map=auto" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
-    assert "device_map=none" in encodes["results/scientific/cache/vit-base.h0-2-4-6-8-10-12.zarr"]
+    assert "device_map=auto" in encodes["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.json"]
+    assert "device_map=none" in encodes["results/scientific/cache/vit-base.h0-2-4-6-8-10-12.json"]
     assert all("gpu=1" in r for r in [*jobs["train"].values(), *jobs["evaluate"].values()])
     assert all("gpu=" not in r for r in jobs["prepare"].values())
 
@@ -223,7 +223,7 @@ def test_all_paper_tables_dry_run_lists_the_dag_with_gpu_resources(tmp_path):
         f"results/tables/figure{i}.png" for i in range(4, 8)}
     assert len(jobs["train"]) == len(jobs["evaluate"]) == len(jobs["aggregate"]) == 82  # every run of every table, once
     assert re.search(r"\ntotal\s+314\n", out)  # the README's count
-    llama70 = jobs["encode"]["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.zarr"]
+    llama70 = jobs["encode"]["results/scientific/cache/llama3-70b.h0-5-20-35-50-65-80.json"]
     assert "gpu=1" in llama70 and "runtime=360" in llama70 and "cpus_per_gpu=8" in llama70
     video = next(r for o, r in jobs["caption"].items() if "video_caption" in o)
     assert "gpu=2" in video and "device_map=auto" in video
