@@ -13,7 +13,8 @@ if not any("conda" in str(m).lower() for m in workflow.deployment_settings.deplo
     shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(str(Path(sys.executable).parent))}:\"$PATH\"; ")
 
 try:  # Snakemake's own message for a YAML syntax error names neither line nor column
-    read_yaml("config.yaml")
+    if Path("config.yaml").exists():  # (with --configfile, Snakemake runs without one)
+        read_yaml("config.yaml")
 except ConfigError as e:
     raise WorkflowError(str(e))
 
