@@ -33,6 +33,13 @@ include: "workflow/rules/efficiency.smk"
 include: "workflow/rules/report.smk"
 
 
+# Seconds of file merging: on a cluster they run beside Snakemake instead of queueing as jobs.
+localrules:
+    all,
+    aggregate,
+    all_tables,
+
+
 rule all:
     input:
         default_targets(),

@@ -36,7 +36,7 @@ runs:
 
 def test_misspelt_key_is_named_with_its_line(tmp_path):
     path = write_config(tmp_path, BASE + "    layerdorp: symmetric\n")
-    with pytest.raises(ConfigError, match=r"config.yaml, line 6: key 'runs.r': .*'layerdorp' was unexpected"):
+    with pytest.raises(ConfigError, match=r"config.yaml, line 9: key 'runs.r.layerdorp': .*'layerdorp' was unexpected"):
         load_config(path)
 
 
