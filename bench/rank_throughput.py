@@ -4,7 +4,9 @@ On the same tensors (random user states U [users, 64] and item embeddings I [N+1
 same blocks of users, side by side and interleaved:
 - floor: `scores = U_b @ I.T; (scores > scores[target]).sum(1)` per block, nothing else;
 - project: pipeline.metrics.rank_split, i.e. the same matmul, then ranks for both protocols
-  (history excluded, ties against the target), HR/NDCG@5/10/20 per user.
+  (history excluded, ties against the target), HR/NDCG@5/10/20 per user;
+- project with a GPU's blocks (up to 1,024 users, 256 MiB of scores; what the CPU used
+  before its cache-sized blocks), to show what the block size is worth.
 Cases: the Amazon Scientific split's validation users, histories and targets (read from
 ../shared/data/amazon-scientific when present, else synthetic of the same size), and a
 MicroLens-50k-sized split (50,000 users x 19,220 items, synthetic histories of 3-40 items).
@@ -25,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import write_report  # noqa: E402
 from pipeline.data import EvalSplit, make_splits  # noqa: E402
-from pipeline.metrics import PROTOCOLS, rank_split  # noqa: E402
+from pipeline.metrics import PROTOCOLS, rank_split, users_per_block  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
 
 DIM, BATCH, KS = 64, 1024, [5, 10, 20]
@@ -49,19 +51,19 @@ def synthetic_split(users: int, items: int, mean_length: int, seed: int = 0) -> 
 
 
 def floor(U: torch.Tensor, I: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    counts = []
-    for lo in range(0, len(U), BATCH):
-        scores = U[lo:lo + BATCH] @ I.T
-        t = scores.gather(1, targets[lo:lo + BATCH, None])
+    counts, block = [], users_per_block(len(I) - 1, BATCH)  # the project's blocks on a CPU
+    for lo in range(0, len(U), block):
+        scores = U[lo:lo + block] @ I.T
+        t = scores.gather(1, targets[lo:lo + block, None])
         counts.append((scores > t).sum(1))
     return torch.cat(counts)
 
 
-def project(U: torch.Tensor, I: torch.Tensor, split: EvalSplit, num_items: int):
+def project(U: torch.Tensor, I: torch.Tensor, split: EvalSplit, num_items: int, blocks: str = "cpu"):
     rows = np.arange(len(U))[:, None]
     split = EvalSplit(split.user_ids, rows, split.histories, split.targets)  # inputs = user rows
     return rank_split(lambda inputs: U[torch.as_tensor(inputs[:, 0])] @ I.T, split, num_items, KS, PROTOCOLS,
-                      batch=BATCH)
+                      batch=BATCH, device=blocks)
 
 
 def measure(split: EvalSplit, num_items: int, repeats: int, label: str) -> dict:
@@ -69,9 +71,10 @@ def measure(split: EvalSplit, num_items: int, repeats: int, label: str) -> dict:
     U = torch.randn(len(split.targets), DIM, generator=gen)
     I = torch.randn(num_items + 1, DIM, generator=gen)
     targets = torch.as_tensor(split.targets)
-    times = {"floor": [], "project": []}
-    for _ in range(repeats):  # interleaved, so both see the same machine
-        for name, fn in (("floor", lambda: floor(U, I, targets)), ("project", lambda: project(U, I, split, num_items))):
+    times = {"floor": [], "project": [], "project_gpu_blocks": []}
+    for _ in range(repeats):  # interleaved, so all see the same machine
+        for name, fn in (("floor", lambda: floor(U, I, targets)), ("project", lambda: project(U, I, split, num_items)),
+                         ("project_gpu_blocks", lambda: project(U, I, split, num_items, blocks="cuda"))):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -99,10 +102,11 @@ def main():
             measure(split, num_items, args.repeats, label)]
     machine = f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     lines = [f"# rank_throughput ({machine}; medians of interleaved repeats)", "",
-             "| case | users | items | floor s | project s | floor users x items/s | project users x items/s | project / floor |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| case | users | items | floor s | project s | project, GPU blocks s | floor users x items/s | "
+             "project users x items/s | project / floor |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['case']} | {r['users']} | {r['items']} | {r['floor_seconds']} | {r['project_seconds']} | "
-              f"{r['floor_cells_per_s']:,} | {r['project_cells_per_s']:,} | {r['ratio']} |" for r in rows]
+              f"{r['project_gpu_blocks_seconds']} | {r['floor_cells_per_s']:,} | {r['project_cells_per_s']:,} | "
+              f"{r['ratio']} |" for r in rows]
     write_report(args.out, "rank_throughput", machine, lines, rows=rows)
     print(f"ratio: {rows[-1]['ratio']}")
 

@@ -21,7 +21,7 @@ from pipeline.join_captions import run_items
 from pipeline.methods import method
 from pipeline.metrics import PROTOCOLS, Ranking, rank_split
 from pipeline.models.build import load_scorer
-from pipeline.runtime import parse_run_arguments, run_arguments, versions
+from pipeline.runtime import device, parse_run_arguments, run_arguments, versions
 
 TOP_K = 10  # recommendations per test user in {run}.topk.parquet
 
@@ -58,7 +58,7 @@ def evaluate(run: dict, items_parquet: Path, sequences_parquet: Path, model_dir:
     metrics, tables = {p: {} for p in PROTOCOLS}, []
     for name, split in (("valid", splits.valid), ("test", splits.test)):
         top = TOP_K if name == "test" and topk_parquet else 0
-        ranking = rank_split(score, split, items.num_rows, ks, PROTOCOLS, batch=batch, top=top,
+        ranking = rank_split(score, split, items.num_rows, ks, PROTOCOLS, batch=batch, top=top, device=device(),
                              progress=f"rank {name} {run['dataset']}/{run['run']}")
         for protocol in PROTOCOLS:
             metrics[protocol][name] = ranking.summary[protocol]

@@ -21,6 +21,22 @@ PROTOCOLS = ("reference", "repeat_aware")
 # Scores of one block of users are held at once: [users, N+1] float32 within this budget, so a
 # large catalogue is ranked in smaller blocks of users (at least one).
 BLOCK_BYTES = 256 * 2**20
+# On a CPU the comparison passes are memory-bound: a block whose scores stay in the cache
+# (a few MiB) ranked Scientific's validation 2.7x faster at 1 thread than blocks of 1,024 users
+# (bench/rank_throughput.py). At least CPU_MIN_USERS users a block, so that the item embeddings
+# read for each block's matmul stay a small part of its cost.
+CPU_BLOCK_BYTES = 4 * 2**20
+CPU_MIN_USERS = 64
+
+
+def users_per_block(num_items: int, batch: int, device="cpu") -> int:
+    """Users scored at once: at most `batch` and BLOCK_BYTES of scores; on a CPU about
+    CPU_BLOCK_BYTES of scores (at least CPU_MIN_USERS users)."""
+    row = 4 * (num_items + 1)
+    users = BLOCK_BYTES // row
+    if torch.device(device).type == "cpu":
+        users = min(users, max(CPU_MIN_USERS, CPU_BLOCK_BYTES // row))
+    return max(1, min(batch, users))
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,14 +96,13 @@ class Ranking:
 
 
 def rank_split(score_fn: Callable, split, num_items: int, ks, protocols, batch: int = 1024,
-               top: int = 0, progress: str | None = None) -> Ranking:
+               top: int = 0, progress: str | None = None, device="cpu") -> Ranking:
     """Rank every user of an evaluation split (pipeline.data.EvalSplit) in one scoring pass:
     metrics for each protocol and, with `top`, each user's best unseen items.
 
-    score_fn(inputs [U, L] numpy) -> scores [U, N+1] on any device; blocks of at most `batch`
-    users, fewer where their scores would exceed BLOCK_BYTES. progress: a progress bar's label
-    (users/s and ETA), or None for none."""
-    batch = max(1, min(batch, BLOCK_BYTES // (4 * (num_items + 1))))
+    score_fn(inputs [U, L] numpy) -> scores [U, N+1] on `device`, in blocks of users_per_block
+    users. progress: a progress bar's label (users/s and ETA), or None for none."""
+    batch = users_per_block(num_items, batch, device)
     ranks, seen_targets, tops = [], [], []
     bar = tqdm(total=len(split.targets), unit="user", desc=progress, disable=progress is None)
     for lo in range(0, len(split.targets), batch):

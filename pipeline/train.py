@@ -79,7 +79,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         item_embs = model.item_embeddings(splits.num_items)
         ranking = rank_split(lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=dev)),
                              valid_split, splits.num_items, ks=[10], protocols=["reference"],
-                             batch=t["eval_batch_size"])
+                             batch=t["eval_batch_size"], device=dev)
         return ranking.summary["reference"]
 
     select = t["select_metric"]

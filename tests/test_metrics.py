@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import seen_matrix
-from pipeline.metrics import per_user_metrics, protocol_ranks, summarise, target_ranks, top_k
+from pipeline.data import EvalSplit, seen_matrix
+from pipeline.metrics import (PROTOCOLS, per_user_metrics, protocol_ranks, rank_split, summarise, target_ranks, top_k,
+                              users_per_block)
 
 
 def batch_ranks(scores, targets, histories, protocol="reference"):
@@ -97,3 +98,22 @@ def test_top_k_skips_padding_and_history():
     scores = torch.tensor([[9.0, 1.0, 5.0, 3.0, 4.0]])
     values, items = top_k(scores.clone(), torch.tensor([[2, 0]]), 3)
     assert items.tolist() == [[4, 3, 1]] and values.tolist() == [[4.0, 3.0, 1.0]]
+
+
+def test_cpu_blocks_fit_the_cache_and_rank_as_gpu_blocks():
+    assert users_per_block(20825, 1024, "cpu") == 64  # 20,826 x 4 bytes a user: 4 MiB is 50, at least 64
+    assert users_per_block(1000, 1024, "cpu") == 1024  # 4 MiB holds them all
+    assert users_per_block(20825, 1024, "cuda") == 1024
+    assert users_per_block(10**7, 1024, "cuda") == 6  # 256 MiB of scores
+    gen = torch.Generator().manual_seed(0)
+    U, I = torch.randn(300, 8, generator=gen), torch.randn(20001, 8, generator=gen)
+    rng = np.random.default_rng(0)
+    split = EvalSplit([str(u) for u in range(300)], np.arange(300)[:, None],
+                      [rng.integers(1, 20001, size=rng.integers(1, 9)) for _ in range(300)], rng.integers(1, 20001, size=300))
+    score = lambda inputs: U[torch.as_tensor(inputs[:, 0])] @ I.T  # noqa: E731
+    a = rank_split(score, split, 20000, [10], PROTOCOLS, top=5, device="cpu")
+    b = rank_split(score, split, 20000, [10], PROTOCOLS, top=5, device="cuda")  # blocks only: the scores stay here
+    assert users_per_block(20000, 1024, "cpu") < 300 <= users_per_block(20000, 1024, "cuda")
+    for p in PROTOCOLS:
+        assert all(np.array_equal(a.per_user[p][m], b.per_user[p][m]) for m in a.per_user[p])
+    assert np.array_equal(a.top_items, b.top_items)
