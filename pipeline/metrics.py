@@ -22,7 +22,7 @@ PROTOCOLS = ("reference", "repeat_aware")
 # large catalogue is ranked in smaller blocks of users (at least one).
 BLOCK_BYTES = 256 * 2**20
 # On a CPU the comparison passes are memory-bound: a block whose scores stay in the cache
-# (a few MiB) ranked Scientific's validation 2.7x faster at 1 thread than blocks of 1,024 users
+# (a few MiB) ranked Scientific's validation 2.1x faster at 1 thread than blocks of 1,024 users
 # (bench/rank_throughput.py). At least CPU_MIN_USERS users a block, so that the item embeddings
 # read for each block's matmul stay a small part of its cost.
 CPU_BLOCK_BYTES = 4 * 2**20
