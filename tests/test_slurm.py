@@ -4,7 +4,8 @@ Installs Debian's slurm-wlm, munge, slurmdbd and mariadb-server (sacct needs the
 database) when they are missing, starts munged, mariadbd, slurmdbd, slurmctld and slurmd with a
 generated one-node configuration (tests/slurm/start.sh), runs the demo's iisan-vs through
 `snakemake --executor slurm` with the repository's SLURM profile and `encode.shards: 2`, and
-checks that the jobs went through the scheduler and that the result equals a local run's. The
+checks that the jobs went through the scheduler, that the stores equal a local run's bit for bit
+and that the model and metrics equal a local run's within float32 rounding. The
 daemons are stopped by their pids afterwards. The packages are installed only with
 IISAN_INSTALL_SYSTEM_PACKAGES=1 (tests/system_packages.py); without them the test is skipped,
 saying how to enable it.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import zarr
+from safetensors.torch import load_file
 from system_packages import install
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,13 +31,16 @@ COMMANDS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sacct", "slu
             "mariadb-install-db", "mariadb-admin"]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
-# The demo's iisan-vs on a smaller generated catalogue, for a short test.
+# The demo's iisan-vs on a smaller generated catalogue, for a short test. One epoch at one
+# thread: two processes on one machine may differ in the last bits (seen in CI: on some CPUs
+# MKL's kernels depend on memory alignment), and every further epoch amplifies that, until a
+# near-tie of validation HR@10 picks another epoch; one epoch keeps the two runs within rounding.
 SMALL = """\
 datasets:
   demo:
     synthetic: {n_items: 300, n_users: 400}
 encode: {chunk_items: 64}
-train: {max_epochs: 3}
+train: {max_epochs: 1, threads: 1}
 """
 
 
@@ -152,8 +157,18 @@ def test_the_demo_runs_through_slurm_with_sharded_encoding(cluster, tmp_path):
             assert a[name][:].tobytes() == b[name][:].tobytes(), (store, name)
         assert b.attrs["shards"] == 2 and "shards" not in a.attrs
     assert not list((remote / "results/demo/cache/parts").glob("*.zarr"))  # temporary parts removed
+    # The same model (weights equal within float32 rounding) and the same metrics (within a
+    # user's hit or a near-tie's rank of 400 users).
+    model = "results/demo/runs/iisan-vs/seed12345/model.safetensors"
+    a, b = load_file(str(local / model)), load_file(str(remote / model))
+    assert a.keys() == b.keys()
+    drift = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert drift < 1e-4, f"the SLURM run's weights differ from the local run's by up to {drift}"
     ours, theirs = (json.loads((d / "results/demo/iisan-vs.json").read_text()) for d in (local, remote))
-    assert ours["metrics"] == theirs["metrics"] and ours["metrics_repeat_aware"] == theirs["metrics_repeat_aware"]
+    for protocol in ("metrics", "metrics_repeat_aware"):
+        for split in ("valid", "test"):
+            for metric, value in ours[protocol][split].items():
+                assert abs(value - theirs[protocol][split][metric]) <= 0.005, (protocol, ours, theirs)
     again = snakemake(remote, cluster, "--workflow-profile", str(REPO / "workflow" / "profiles" / "slurm"),
                       "--profile", str(tmp_path / "mine"), "-n", "results/demo/iisan-vs.json")
     assert "Nothing to be done" in again.stdout + again.stderr
