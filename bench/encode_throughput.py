@@ -9,11 +9,15 @@ On the same titles (the Amazon Scientific items from ../shared/data/amazon-scien
   length sort, batches of --batch-size, forward with output_hidden_states under
   inference_mode, the [CLS] vectors of the same 4 states collected as float16 (model loading
   included);
-- sentence-transformers' encode() of the same model, when the package is installed.
+- sentence-transformers' encode() of the same model, when the package is installed (and not
+  --no-sentence-transformers).
+Before the timed runs at each thread count, one untimed plain forward over 512 titles warms up
+that thread pool and the kernels, so that no candidate pays for them.
 Prints items/s (and user / system CPU seconds) of each at each thread count; the last line is
 `ratio: <project items/s / plain items/s>` at the lowest thread count.
 
 Usage: python bench/encode_throughput.py [--threads 1 2] [--repeats 1] [--limit N] [--batch-size 64]
+                                        [--no-sentence-transformers]
 """
 import argparse
 import importlib.util
@@ -97,13 +101,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="the first N titles only")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--no-sentence-transformers", action="store_true", help="leave it out (saves a third of the time)")
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/amazon-scientific")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
 
     texts, label = titles(args.data, args.limit)
     candidates = {"project": None, "plain": lambda: plain(texts, args.batch_size)}
-    if importlib.util.find_spec("sentence_transformers"):
+    if importlib.util.find_spec("sentence_transformers") and not args.no_sentence_transformers:
         candidates["sentence-transformers"] = lambda: sentence_transformers(texts, args.batch_size)
     runs = {(name, t): [] for name in candidates for t in args.threads}
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,6 +117,9 @@ def main():
                                  "item_id": [f"i{n}" for n in range(len(texts))], "title": texts,
                                  "image": pa.array([None] * len(texts), pa.string())}), items)
         candidates["project"] = lambda: project(items, args.batch_size, Path(tmp))
+        for t in args.threads:  # untimed: the first forward at a thread count starts its pool
+            torch.set_num_threads(t)
+            plain(texts[:512], args.batch_size)
         for repeat in range(args.repeats):  # interleaved: every candidate sees the same machine
             for t in args.threads:
                 torch.set_num_threads(t)
