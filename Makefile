@@ -10,7 +10,7 @@ CORES ?= 2
 
 .PHONY: setup gptq demo test run lint dry-run clean
 
-# torch is installed first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+# torch is installed first and pinned, so that no dependency pulls another torch (README, Notes).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0

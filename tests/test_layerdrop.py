@@ -5,7 +5,8 @@ import pytest
 from pipeline import layerdrop
 from pipeline.config import ConfigError, kept_states, load_config
 
-# DESIGN.md's group LayerDrop lists (0-based text blocks) for a 12-block image encoder.
+# The reference implementation's group LayerDrop lists (0-based text blocks) for a 12-block image
+# encoder (eq. 5 of the paper is off by one against them).
 DESIGN_EXAMPLES = {
     80: [4, 19, 34, 49, 64, 79],
     32: [1, 7, 13, 19, 25, 31],
