@@ -83,10 +83,10 @@ def evaluate_grown(run: dict, grown: Path, sequences: Path, model_dir: Path | No
     items = pq.read_table(grown)
     splits = make_splits(*read_sequences(sequences), items.num_rows, run["train"]["max_history"])
     score = load_scorer(run, items, splits.item_counts, model_dir)
-    ranking = rank_split(lambda inputs: score(inputs), splits.test, items.num_rows, [TOP], ["reference"], top=TOP)
+    ranking = rank_split(score, splits.test, items.num_rows, [TOP], ["reference"], top=TOP)
     per_user = ranking.per_user["reference"]
     new_target = splits.test.targets > n_old
-    new_in_top = ranking.top_items > n_old  # [U, 10]
+    new_in_top = (ranking.top_items > n_old) & np.isfinite(ranking.top_scores)  # [U, 10]; -inf slots are no items
     return {"hr@10": float(per_user["hr@10"].mean()), "ndcg@10": float(per_user["ndcg@10"].mean()),
             "users_with_new_target": int(new_target.sum()),
             "hr@10_new_targets": float(per_user["hr@10"][new_target].mean()) if new_target.any() else None,

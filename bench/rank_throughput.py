@@ -59,11 +59,18 @@ def floor(U: torch.Tensor, I: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return torch.cat(counts)
 
 
+def dot_scorer(U: torch.Tensor, I: torch.Tensor):
+    """rank_split's scorer when the inputs are user rows: the block's states U_b, then U_b @ I[lo:hi].T."""
+    def score(inputs):
+        states = U[torch.as_tensor(inputs[:, 0])]  # [U_b, DIM]
+        return lambda lo, hi: states @ I[lo:hi].T
+    return score
+
+
 def project(U: torch.Tensor, I: torch.Tensor, split: EvalSplit, num_items: int, blocks: str = "cpu"):
     rows = np.arange(len(U))[:, None]
     split = EvalSplit(split.user_ids, rows, split.histories, split.targets)  # inputs = user rows
-    return rank_split(lambda inputs: U[torch.as_tensor(inputs[:, 0])] @ I.T, split, num_items, KS, PROTOCOLS,
-                      batch=BATCH, device=blocks)
+    return rank_split(dot_scorer(U, I), split, num_items, KS, PROTOCOLS, batch=BATCH, device=blocks)
 
 
 def measure(split: EvalSplit, num_items: int, repeats: int, label: str) -> dict:

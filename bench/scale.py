@@ -7,7 +7,8 @@ Each path then runs in its own process (so that its peak memory is its own): rea
 (in memory: the whole store; streamed: a raw float16 copy beside it, made on first use: the set-up time), train
 IISAN for one epoch on a fixed set of users (random histories of 5-15 items), and rank every item
 for each of those users (the validation pass). It prints seconds for reading, the epoch and the
-ranking, and the peak resident memory of the process, for both paths.
+ranking, and the peak resident memory of the process, for both paths, and checks that both
+gave the same loss, validation metrics and trained weights, bit for bit.
 
 Also measured: how a training step's items are best read when the store does not fit: chunks
 decoded from the Zarr store with an LRU cache of decoded chunks, against rows read from the raw
@@ -17,6 +18,7 @@ Usage: python bench/scale.py [--sizes 10000 100000 1000000] [--users 2000] [--wo
 """
 import argparse
 import functools
+import hashlib
 import json
 import resource
 import subprocess
@@ -29,13 +31,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import zarr
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import random_store, write_report  # noqa: E402
-from pipeline.cache import StreamedStates  # noqa: E402
+from pipeline.cache import RAW_SUFFIX, StreamedStates  # noqa: E402
 from pipeline.config import load_config, resolve_run  # noqa: E402
 
 CHUNK = 256
+AGREE = ("loss", "valid_hr@10", "valid_ndcg@10", "weights_sha256")  # equal on both paths, bit for bit
 SHAPES = {"minilm": (4, 384, 6), "llama3-70b": (7, 8192, 80)}  # kept states, width, layers
 
 
@@ -73,20 +77,32 @@ def make_catalogue(folder: Path, n: int, shape: str, users: int) -> tuple[Path, 
     return items, sequences, store
 
 
+def weights_sha256(model_file: Path) -> str:
+    """A digest of a checkpoint's tensors (names, shapes, bytes), independent of the file's layout."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(model_file)).items()):
+        digest.update(f"{name} {tuple(tensor.shape)} {tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def measure(shape: str, items: Path, sequences: Path, store: Path, mode: str, threads: int) -> dict:
-    """One path in this process: read, one epoch, one ranking; seconds and peak memory."""
+    """One path in this process: read, one epoch, one ranking; seconds and peak memory, and the
+    epoch's loss, validation metrics and trained weights, which both paths must give alike."""
     from pipeline.train import train
 
     torch.set_num_threads(threads)
     run = resolved(shape, store, 1e-3 if mode == "stream" else 1e9)
+    model_dir = store.parent / f"model-{shape}-{mode}"
     start = time.perf_counter()
-    log = train(run, items, sequences, store.parent / f"model-{shape}-{mode}", progress=False)
+    log = train(run, items, sequences, model_dir, progress=False)
     total = time.perf_counter() - start
     epoch = log["history"][0]
     return {"epoch_seconds": epoch["seconds"], "ranking_seconds": epoch["valid_seconds"],
             "setup_seconds": round(total - epoch["seconds"] - epoch["valid_seconds"], 2),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "valid_hr@10": epoch["valid_hr@10"]}
+            "loss": epoch["loss"], "valid_hr@10": epoch["valid_hr@10"], "valid_ndcg@10": epoch["valid_ndcg@10"],
+            "weights_sha256": weights_sha256(model_dir / "model.safetensors")}
 
 
 def gather_step_timings(store: Path, steps: int = 20, batch_rows: int = 704, lru_chunks: int = 512) -> dict:
@@ -98,7 +114,7 @@ def gather_step_timings(store: Path, steps: int = 20, batch_rows: int = 704, lru
     def chunk(c: int) -> np.ndarray:
         return states[c * CHUNK:(c + 1) * CHUNK]
 
-    raws = sorted(store.parent.glob(store.name + ".*.f16"))
+    raws = sorted(store.parent.glob(f"{store.name}.*.{RAW_SUFFIX}"))
     streamed = StreamedStates(raws[-1], states.shape)
     rng = np.random.default_rng(2)
     batches = [np.unique(rng.integers(1, states.shape[0], size=batch_rows)) for _ in range(steps)]
@@ -140,7 +156,7 @@ def main():
                 raise SystemExit(f"{mode} at {n} items failed:\n{done.stderr[-3000:]}")
             row[mode] = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{n} items, {shape}, {mode}: {row[mode]}", file=sys.stderr)
-        assert row["memory"]["valid_hr@10"] == row["stream"]["valid_hr@10"], "the two paths disagree"
+        assert all(row["memory"][k] == row["stream"][k] for k in AGREE), f"the two paths disagree at {n} items"
         rows.append(row)
         if shape == "minilm" and n == max(args.sizes):
             gathers = gather_step_timings(store)

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 from pipeline.files import model_path  # noqa: F401 (re-exported: where a model loads from)
 from pipeline.pooling import POOLERS
 
-LOAD_SIDE = 1024  # images are decoded to at most this many pixels a side
+LOAD_SIDE = 1024  # images are shrunk to at most this many pixels a side as they are loaded
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Modules after the last hidden state, absent from e.g. ViT classification checkpoints.
 UNUSED_MODULES = ("pooler", "head")
@@ -214,11 +214,14 @@ class Backbone:
         return dict(self.tokenizer.pad({k: [v[r] for r in rows] for k, v in tokens.items()}, padding=self.padding,
                                        return_tensors="pt", **to_max))
 
-    def load_image(self, item: dict):
+    @staticmethod
+    def load_image(item: dict):
         """(RGB image or None, status): status is ok, no_image or unreadable. An image is
-        shrunk to at most LOAD_SIDE pixels a side as it is decoded (the processors resize to
-        224 or so anyway), so a huge cover costs little memory; one over PIL's decompression-bomb
-        limit is unreadable, named in the log, like a broken file."""
+        shrunk to at most LOAD_SIDE pixels a side as it is loaded (the processors resize to 224
+        or so anyway): a JPEG is decoded at a reduced scale; a PNG (or other format) is decoded
+        whole, once, and shrunk before the next image is opened, so a batch holds one full decode
+        at most. One over PIL's decompression-bomb limit is unreadable, named in the log, like a
+        broken file."""
         if not item["image"]:
             return None, "no_image"
         try:

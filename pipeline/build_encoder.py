@@ -18,7 +18,7 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, ViTConfig, ViTImageProcessor, ViTModel
 
-from pipeline.synth import GENERIC, THEMES
+from pipeline.vocabulary import GENERIC, THEMES
 
 LLM_CONFIGS = {"llama": "LlamaConfig", "mistral": "MistralConfig", "gemma": "GemmaConfig",
                "mixtral": "MixtralConfig", "qwen2": "Qwen2Config"}

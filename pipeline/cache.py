@@ -10,12 +10,15 @@ This module only reads and checks stores, so the training side never imports tra
 Readers (read_states) require a complete store whose every chunk is done and present, and
 compare its whole identity with the run's request. A store larger than the memory budget is
 streamed: read once, checksums verified, into a raw float16 file beside it
-(`<store>.<identity>.f16`), from which a batch's rows are read with pread; the values are the
-store's, bit for bit.
+(`<store>.<identity>.f16crc`: the rows, then a CRC-32 per row), from which a batch's rows are
+read with pread and checked against their CRCs; the values are the store's, bit for bit. A row
+that fails its CRC (the copy was damaged after it was made) is an error that says to delete the
+copy: the next run makes it again from the store, whose chunks are verified.
 """
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -120,19 +123,38 @@ def read_chunk_rows(store: zarr.Group, path: Path, lo: int, hi: int) -> np.ndarr
                          f"corrupt: delete it and encode again") from None
 
 
+def check_item_embeddings(item_embs: torch.Tensor, where: str, advice: str) -> None:
+    """Refuse item embeddings [N+1, d] (row 0 = padding) with a NaN or infinite value: ranking
+    would turn such an item's score into a silent miss."""
+    bad = (~torch.isfinite(item_embs[1:]).all(dim=1)).nonzero()[:, 0] + 1
+    if len(bad):
+        raise CacheError(f"{where}: {len(bad)} item embeddings are not finite (e.g. item_idx {bad[0].item()}); "
+                         f"{advice}")
+
+
 def expected_attributes(tower: dict, items) -> dict:
     """The store identity a resolved run's cached tower asks for."""
     return store_attributes(tower["settings"], tower["kept_states"], items)
 
 
+RAW_SUFFIX = "f16crc"  # float16 rows, then one little-endian uint32 CRC-32 per row
+
+
 class StreamedStates:
-    """A store's states read from a raw float16 file, a batch of rows at a time (pread of
-    contiguous runs), so that only the batch is in memory."""
+    """A store's states read from its raw copy (_raw_copy), a batch of rows at a time (pread of
+    contiguous runs), so that only the batch and the rows' CRCs are in memory. Every row read is
+    checked against its CRC: the copy is reused across runs and could be damaged on disk."""
 
     def __init__(self, raw: Path, shape: tuple[int, int, int]):
         self.raw, self.shape = raw, shape
         self.row_bytes = shape[1] * shape[2] * 2
         self.fd = os.open(raw, os.O_RDONLY)
+        rows_end = shape[0] * self.row_bytes
+        size = os.fstat(self.fd).st_size
+        if size != rows_end + 4 * shape[0]:
+            raise CacheError(f"{raw} has {size} bytes, not the {rows_end + 4 * shape[0]} of {shape[0]} rows and their "
+                             f"CRCs (truncated or damaged); delete it: the next run makes it again from the store")
+        self.crcs = np.frombuffer(os.pread(self.fd, 4 * shape[0], rows_end), dtype="<u4")  # [N+1]
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -144,11 +166,20 @@ class StreamedStates:
         out = np.empty((len(ids), *self.shape[1:]), dtype=np.float16)
         starts = np.flatnonzero(np.diff(sorted_ids, prepend=-2) != 1)  # runs of consecutive rows
         for a, b in zip(starts, np.append(starts[1:], len(ids))):
-            first, count = sorted_ids[a], sorted_ids[b - 1] - sorted_ids[a] + 1
-            block = os.pread(self.fd, int(count) * self.row_bytes, int(first) * self.row_bytes)
+            first, count = int(sorted_ids[a]), int(sorted_ids[b - 1] - sorted_ids[a] + 1)
+            block = os.pread(self.fd, count * self.row_bytes, first * self.row_bytes)
+            self._check(block, first, count)
             rows = np.frombuffer(block, dtype=np.float16).reshape(count, *self.shape[1:])
             out[order[a:b]] = rows[sorted_ids[a:b] - first]
         return out
+
+    def _check(self, block: bytes, first: int, count: int) -> None:
+        """Rows first..first+count-1, as read, against their CRCs (a short read fails too)."""
+        view, size = memoryview(block), self.row_bytes
+        for j, expected in enumerate(self.crcs[first:first + count].tolist()):
+            if zlib.crc32(view[j * size:(j + 1) * size]) != expected:
+                raise CacheError(f"{self.raw}: row {first + j} does not match its CRC-32 (the copy was damaged "
+                                 f"after it was made); delete it: the next run makes it again from the store")
 
     def __del__(self):
         if hasattr(self, "fd"):
@@ -156,24 +187,29 @@ class StreamedStates:
 
 
 def _raw_copy(store: zarr.Group, path: Path) -> Path:
-    """The store's states as a raw float16 file beside it, made once (checksums verified on the
-    way, one chunk in memory at a time) and named by the store's identity."""
+    """The store's states as a raw float16 file beside it, with a CRC-32 per row after the rows,
+    made once (checksums verified on the way, one chunk in memory at a time), named by the
+    store's identity and renamed into place whole, so the rows and their CRCs come together."""
     attrs = dict(store.attrs)
     identity = hashlib.sha256(json.dumps(attrs, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    raw = Path(f"{path}.{identity}.f16")
+    raw = Path(f"{path}.{identity}.{RAW_SUFFIX}")
     if raw.exists():
         return raw
-    for stale in Path(path).parent.glob(f"{Path(path).name}.*.f16"):  # another identity: an older store
+    name = Path(path).name
+    for stale in Path(path).parent.glob(f"{name}.*.f16*"):  # another identity (an older store), or a .f16 without CRCs
         stale.unlink(missing_ok=True)  # another job may be removing it too
-    for left in Path(path).parent.glob(f".{Path(path).name}.*.f16.tmp*"):  # of killed jobs: as large as the store
+    for left in Path(path).parent.glob(f".{name}.*.f16*.tmp*"):  # of killed jobs: as large as the store
         if not _alive(int(left.name.rsplit(".tmp", 1)[1])):
             left.unlink(missing_ok=True)
     tmp = raw.with_name(f".{raw.name}.tmp{os.getpid()}")
-    states = store["states"]
+    states, crcs = store["states"], []
     try:
         with open(tmp, "wb") as f:
             for lo in range(0, states.shape[0], states.chunks[0]):
-                f.write(np.ascontiguousarray(read_chunk_rows(store, path, lo, lo + states.chunks[0])).tobytes())
+                rows = np.ascontiguousarray(read_chunk_rows(store, path, lo, lo + states.chunks[0]))  # [C, K, D]
+                crcs.extend(zlib.crc32(row) for row in rows)
+                f.write(rows.tobytes())
+            f.write(np.asarray(crcs, dtype="<u4").tobytes())
         os.replace(tmp, raw)
     finally:
         tmp.unlink(missing_ok=True)

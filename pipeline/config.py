@@ -101,22 +101,25 @@ def read_yaml(path: str | Path):
 
 def merge(base: dict, overlay: dict) -> dict:
     """`overlay` merged into `base` key by key (nested mappings too), as Snakemake merges
-    --configfile files over the workflow's config; returns base."""
+    --configfile files over the workflow's config, except that an empty mapping or null replaces
+    the mapping below it: `captions: {}` in an overlay clears config.yaml's captions, where
+    Snakemake's merge would keep them. Returns base."""
     for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        if value and isinstance(value, dict) and isinstance(base.get(key), dict):
             merge(base[key], value)
         else:
             base[key] = value
     return base
 
 
-def load_configs(paths: list) -> dict:
-    """The config of several YAML files, each merged over the ones before (config.yaml first,
-    then overlays), validated; errors name the file that set the key."""
+def load_configs(sources: list) -> dict:
+    """The config of several YAML files (or parsed mappings, as Snakemake's --config), each merged
+    over the ones before (config.yaml first, then overlays), validated; errors name the file
+    that set the key."""
     raw = {}
-    for path in paths:
-        merge(raw, read_yaml(path) or {})
-    return load_config(raw, files=list(paths)[::-1])
+    for source in sources:
+        merge(raw, (source if isinstance(source, dict) else read_yaml(source)) or {})
+    return load_config(raw, files=list(sources)[::-1])
 
 
 def load_schema() -> dict:
@@ -217,8 +220,9 @@ def _cross_check(cfg: dict, files: list):
         if run["train"]["embed_dim"] % run["train"]["user_heads"]:
             _fail(files, where + ["train"], "embed_dim must be a multiple of user_heads")
         ablate = run.get("ablate", [])
-        if ablate and run["method"] != "iisan":
-            _fail(files, where + ["ablate"], "ablations remove parts of method 'iisan'")
+        if ablate and not method(run["method"]).ablatable:
+            ablatable = ", ".join(name for name, m in METHODS.items() if m.ablatable)
+            _fail(files, where + ["ablate"], f"ablations remove parts of the IISAN item encoder (methods {ablatable})")
         if not method(run["method"]).content:
             continue
         if ("inter" in ablate or "intra" in ablate) and not (run["text"] and run["image"]):
@@ -264,7 +268,8 @@ def _cross_check(cfg: dict, files: list):
         if eff["runs"] and eff["reference"] not in eff["runs"]:
             _fail(files, where + ["reference"], f"'{eff['reference']}' is not one of the runs compared")
         if eff["runs"] and not method(cfg["runs"][eff["reference"]]["method"]).cached:
-            _fail(files, where + ["reference"], "the reference is a cached run (method iisan or frozen)")
+            cached = ", ".join(name for name, m in METHODS.items() if m.cached)
+            _fail(files, where + ["reference"], f"the reference is a cached run (method {cached})")
     for dataset, runs in cfg["default_targets"].items():
         if dataset not in cfg["datasets"]:
             _fail(files, ["default_targets", dataset], f"unknown dataset '{dataset}'")

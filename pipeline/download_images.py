@@ -22,8 +22,7 @@ from tqdm import tqdm
 
 from pipeline.data import DataError
 from pipeline.files import atomic_path
-from pipeline.formats import check_item_id, json_lines, require_text
-from pipeline.prepare import IMAGE_SUFFIXES
+from pipeline.formats import IMAGE_SUFFIXES, check_item_id, json_lines, require_text
 
 MAX_IMAGE_BYTES = 20 << 20  # far above any cover image; bounds the memory and disk one item can take
 # urlopen's default opener also reads file:, ftp: and data: URLs and follows redirects to ftp:;

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from pipeline.cache import CacheError, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_csv
-from pipeline.join_captions import run_items
+from pipeline.item_table import run_items
 from pipeline.models.build import build_model, count_parameters, make_optimizer
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, peak_memory_bytes

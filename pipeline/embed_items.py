@@ -19,7 +19,7 @@ from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_configs, resolve_run
 from pipeline.data import DataError
 from pipeline.files import atomic_path
-from pipeline.join_captions import run_items
+from pipeline.item_table import run_items
 from pipeline.methods import method
 from pipeline.models.build import load_model, trained_run
 
@@ -29,7 +29,8 @@ def embed_items(run: dict, results: Path, out: Path) -> pa.Table:
         raise DataError(f"method '{run['method']}' has no item embeddings")
     items = run_items(run, results / "items.parquet")
     model, known = load_model(run, items, trained_run(run, results))
-    embs = model.item_embeddings(known)[1:].cpu().numpy().astype(np.float32)  # [known, d], row 0 padding dropped
+    embs = model.item_embeddings(known, progress="embed items")[1:]  # [known, d], row 0 (padding) dropped
+    embs = embs.cpu().numpy().astype(np.float32)
     vectors = [e.tolist() for e in embs] + [None] * (items.num_rows - known)
     table = pa.table({"item_idx": items.column("item_idx"), "item_id": items.column("item_id"),
                       "title": items.column("title"), "embedding": pa.array(vectors, pa.list_(pa.float32()))})

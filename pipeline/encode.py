@@ -2,7 +2,8 @@
 
 Store layout (one per dataset x encoder x kept states):
 - array `states`, shape (N+1, K, D), float16, row 0 = padding (zeros), row i = item_idx i;
-  chunked along items only, so disjoint item ranges are independent writes.
+  chunked along items only, so disjoint item ranges are independent writes. Every value is
+  finite: pooled states with NaN or inf in float16 (an overflow) stop the encode, naming them.
 - array `done`, one bool per chunk: set after the chunk's states are written (the resume unit).
 - attributes: model, weights fingerprint, kept states, pooling, max length, compute dtype,
   quantisation, item-table fingerprint, ... A store whose attributes differ from the request is
@@ -52,7 +53,7 @@ from pipeline.cache import (
 )
 from pipeline.data import DataError
 from pipeline.files import write_json
-from pipeline.join_captions import read_items
+from pipeline.item_table import read_items
 
 SORT_CHUNKS = 16  # chunks whose items are length-sorted and batched together (encode.sort_chunks)
 # Write every chunk, zeros included, so that a deleted chunk file is noticed (zarr keeps this
@@ -359,9 +360,25 @@ def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, wi
         bar.update(1)  # the padding row
     block = torch.zeros((hi - lo, len(backbone.states), width), dtype=torch.float16)
     if parts:
-        positions = torch.as_tensor([rows[i] - lo for ok, _ in parts for i in ok])
-        block[positions] = torch.cat([p for _, p in parts]).cpu()
+        encoded = [i for ok, _ in parts for i in ok]  # positions in window_records
+        pooled = torch.cat([p for _, p in parts])  # [len(encoded), K, D] float16, on the device
+        _check_finite(pooled, [window_records[i]["item_id"] for i in encoded], backbone.states)
+        block[torch.as_tensor([rows[i] - lo for i in encoded])] = pooled.cpu()
     return block, codes
+
+
+def _check_finite(pooled: torch.Tensor, item_ids: list[str], kept: list[int]) -> None:
+    """Refuse pooled states [B, K, D] with NaN or inf in float16 before they are stored: readers
+    would take them as data (large LLM activations overflow float16 beyond 65504)."""
+    bad = ~torch.isfinite(pooled).all(dim=2)  # [B, K]
+    if not bad.any():
+        return
+    items = bad.any(dim=1).nonzero()[:, 0].tolist()  # in batch order
+    states = [kept[k] for k in bad.any(dim=0).nonzero()[:, 0].tolist()]
+    named = ", ".join(item_ids[b] for b in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    raise EncodeError(f"items {named}: pooled state(s) {states} are not finite in float16 (NaN, or beyond +-65504 "
+                      f"as large LLM activations can be); the store keeps float16: keep other states or another "
+                      f"pooling, or, if the encoder computes in float16, use dtype bfloat16 or float32")
 
 
 def _write_window(group: zarr.Group, block: torch.Tensor, codes: np.ndarray, first: int, chunk_items: int,

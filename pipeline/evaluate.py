@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from pipeline.cache import CacheError, open_store, store_bytes
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, read_json, write_json
-from pipeline.join_captions import run_items
+from pipeline.item_table import run_items
 from pipeline.methods import method
 from pipeline.metrics import PROTOCOLS, Ranking, rank_split
 from pipeline.models.build import load_scorer

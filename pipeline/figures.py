@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.backbone import model_path, parameter_count
 from pipeline.cache import store_bytes
 from pipeline.files import atomic_path, read_json, write_csv
-from pipeline.report import VALUES, paper_values
+from pipeline.paper import VALUES, paper_values
 
 
 def _pyplot():

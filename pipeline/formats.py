@@ -9,7 +9,7 @@
   review time, then filtered to a user/item k-core. Files are streamed line by line.
 All files are UTF-8 (a leading byte order mark is ignored); a `.gz` name means gzip.
 Malformed input raises DataError naming the file and line. Item ids must be usable as file
-names (images and videos are found as {item_id}.jpg / .mp4), see check_item_id.
+names (images and videos are found as {item_id}.jpg / .mp4 by find_files), see check_item_id.
 """
 import csv
 import gzip
@@ -21,6 +21,8 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline.data import DataError
 
 Sequences = list[tuple[str, list[str]]]
@@ -28,6 +30,19 @@ Sequences = list[tuple[str, list[str]]]
 MAX_LINE_BYTES = 16 << 20  # far above any real record; a binary or wrong file fails instead of filling memory
 MAX_ID_BYTES = 200  # plus a suffix and atomic_path's temporary prefix, still under the usual 255-byte name limit
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4",)
+
+
+def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, str]:
+    """item_id -> path of {item_id}.<suffix> in folder. Names are matched against the folder's
+    listing, never joined onto the folder, so no id can point outside it."""
+    if folder is None:
+        return {}
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
+    by_stem = {p.stem: str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
+    return {i: by_stem[i] for i in item_ids if i in by_stem}
 
 
 def check_item_id(item_id: str, path: Path, number: int) -> str:
@@ -59,9 +74,13 @@ def _lines(path: Path, keep_ends: bool = False):
     undecodable, overlong or corrupt-gzip input is a DataError naming the file and line."""
     number = 0
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        # lines/s, as the other stages show items/s: an Amazon 2018 dump takes minutes. Shown after
+        # a second, so a small file reads silently and an error stays a one-line message.
+        with ((gzip.open if path.suffix == ".gz" else open)(path, "rb") as f,
+              tqdm(unit="line", unit_scale=True, desc=f"read {path.name}", smoothing=0.1, delay=1) as bar):
             while raw := f.readline(MAX_LINE_BYTES + 1):
                 number += 1
+                bar.update()
                 if len(raw) > MAX_LINE_BYTES:
                     raise DataError(f"{path}, line {number}: longer than {MAX_LINE_BYTES} bytes (the wrong file?)")
                 try:

@@ -22,21 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data import DataError
 from pipeline.files import atomic_path, write_json
-from pipeline.formats import FORMATS, read_raw
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-VIDEO_SUFFIXES = (".mp4",)
-
-
-def find_files(folder: Path | None, item_ids, suffixes, what: str) -> dict[str, str]:
-    """item_id -> path of {item_id}.<suffix> in folder. Names are matched against the folder's
-    listing, never joined onto the folder, so no id can point outside it."""
-    if folder is None:
-        return {}
-    if not folder.is_dir():
-        raise DataError(f"{what} folder {folder} {'is not a folder' if folder.exists() else 'does not exist'}")
-    by_stem = {p.stem: str(p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes}
-    return {i: by_stem[i] for i in item_ids if i in by_stem}
+from pipeline.formats import FORMATS, IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_files, read_raw
 
 
 def prepare(users_tsv: Path, items_tsv: Path, images: Path | None, min_interactions: int = 3,

@@ -17,10 +17,11 @@ import torch
 from pipeline.cache import CacheError
 from pipeline.config import ConfigError, load_configs, resolve_run
 from pipeline.data import DataError, left_pad, make_splits, read_sequences, seen_matrix
-from pipeline.join_captions import run_items
+from pipeline.item_table import run_items
 from pipeline.methods import method
-from pipeline.metrics import top_k
+from pipeline.metrics import best_items
 from pipeline.models.build import load_scorer, trained_run
+from pipeline.runtime import device
 
 
 def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list[dict]:
@@ -40,9 +41,9 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
         counts = make_splits(user_ids, sequences, items.num_rows).item_counts
     score = load_scorer(run, items, counts, model_dir)
     idx = [index[i] for i in history]
-    scores = score(left_pad(idx, run["train"]["max_history"])[None, :]).float()
-    seen = torch.as_tensor(seen_matrix([np.array(idx)]), dtype=torch.int64, device=scores.device)
-    values, best = (t.cpu() for t in top_k(scores, seen, k))
+    columns = score(left_pad(idx, run["train"]["max_history"])[None, :])
+    seen = torch.as_tensor(seen_matrix([np.array(idx)]), dtype=torch.int64)
+    values, best = (t.cpu() for t in best_items(columns, seen, items.num_rows, k, device()))
     titles, item_ids = items.column("title").to_pylist(), items.column("item_id").to_pylist()
     return [{"rank": r, "item_id": item_ids[i - 1], "title": titles[i - 1], "score": float(v)}
             for r, (v, i) in enumerate(zip(values[0].tolist(), best[0].tolist()), start=1) if np.isfinite(v)]

@@ -19,22 +19,15 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from pipeline.files import atomic_path, read_json, write_csv, write_json
-from pipeline.significance import SignificanceError, paired_t_test
+from pipeline.paired_test import SignificanceError, paired_t_test
+from pipeline.paper import VALUES, paper_values
 
 METRICS = ("hr@10", "ndcg@10")
-VALUES = Path(__file__).resolve().parent.parent / "paper" / "values.yaml"
 
 
 class ReportError(ValueError):
     pass
-
-
-def paper_values(table: str, path: Path = VALUES) -> dict:
-    """{dataset: {row key: {metric: value}}} of one table, as published."""
-    return yaml.safe_load(Path(path).read_text()).get(table, {})
 
 
 def _record(label: str, group: str, dataset: str, run, ours: dict, published: dict, mean=False,

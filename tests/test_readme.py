@@ -1,5 +1,5 @@
-"""The README works as written: its two commands, its size, and its runnable shell blocks
-(fenced as ```sh test), run from the repository with and without the venv on PATH."""
+"""The README works as written: its two commands, its size, its runnable shell blocks (fenced as
+```sh test), run from the repository with and without the venv on PATH, and its example config."""
 import os
 import re
 import subprocess
@@ -7,6 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from pipeline.config import load_configs, resolve_run
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -32,9 +35,25 @@ def test_runnable_commands(command, activated, tmp_path):
     if not Path(REPO / ".venv/bin/python").exists():
         pytest.skip("no .venv in the repository (make test creates it)")
     path = f"{REPO / '.venv/bin'}{os.pathsep}{BARE_PATH}" if activated else BARE_PATH
-    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True,
+    # pipefail: a failing command piped into `head` fails the test too
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=REPO, capture_output=True, text=True,
                           env=os.environ | {"PATH": path})
     assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+def test_the_own_catalogue_config_entry_is_valid(tmp_path):
+    """The five steps' overlay (`my.yaml`) validates over config.yaml, and its run resolves."""
+    section = README.split("## Your own catalogue")[1].split("\n## ")[0]
+    block = re.search(r"`my\.yaml`:\n( *)```yaml\n(.*?)\n *```", section, re.S)
+    assert block, "no ```yaml block for my.yaml in the README's own-catalogue section"
+    indent = len(block[1])
+    overlay = tmp_path / "my.yaml"
+    overlay.write_text("\n".join(line[indent:] for line in block[2].splitlines()) + "\n")
+    entry = yaml.safe_load(overlay.read_text())
+    cfg = load_configs([REPO / "config.yaml", overlay])
+    for dataset in entry["datasets"]:
+        for run in entry["runs"]:
+            resolve_run(cfg, dataset, run)
 
 
 def test_jobs_run_the_interpreter_that_runs_snakemake(tmp_path):

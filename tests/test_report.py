@@ -5,7 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.report import paper_values, write_table
+from pipeline.paper import paper_values
+from pipeline.report import write_table
 
 SPEC = {
     "table": "table7",

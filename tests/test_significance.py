@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from pipeline.significance import SignificanceError, mark, paired_t_test
+from pipeline.paired_test import SignificanceError, mark, paired_t_test
 
 
 def per_user(path, values, users=None, targets=None):

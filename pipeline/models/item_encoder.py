@@ -25,6 +25,8 @@ class ItemEncoderConfig:
     intra: bool = True  # Table VI ablations: w/o intra-modality, w/o inter-modality, w/o gates
     inter: bool = True
     gated: bool = True  # False: the towers sum the two states a gate would mix (the reference's w/o gate)
+    num_items: int = 0  # the ID encoder's embedding rows (besides padding)
+    init: str = "xavier"  # the ID embeddings' initialisation
 
 
 class IISANItemEncoder(nn.Module):
@@ -98,10 +100,10 @@ class IDItemEncoder(nn.Module):
     """The IDRec baselines' learned item-ID embeddings: no content at all. `init`: xavier (the
     reference's id_embedding) or normal (N(0, 0.02), RecBole's); the padding row is zero."""
 
-    def __init__(self, num_items: int, embed_dim: int, init: str = "xavier"):
+    def __init__(self, cfg: ItemEncoderConfig):
         super().__init__()
-        self.embedding = nn.Embedding(num_items + 1, embed_dim, padding_idx=0)
-        init_weight(self.embedding.weight.data, init)
+        self.embedding = nn.Embedding(cfg.num_items + 1, cfg.embed_dim, padding_idx=0)
+        init_weight(self.embedding.weight.data, cfg.init)
         self.embedding.weight.data[0] = 0
 
     def forward(self, ids: torch.Tensor, states: dict[str, torch.Tensor]) -> torch.Tensor:

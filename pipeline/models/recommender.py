@@ -1,11 +1,13 @@
 """The recommender: towers -> item encoder -> user encoder; score(user, item) = <user state, item>.
 
-Like RecBole's model classes it owns its loss (calculate_loss), its full ranking
-(item_embeddings + full_sort_predict) and its optimiser groups (each module declares its
+Like RecBole's model classes it owns its loss (calculate_loss), what full ranking scores with
+(item_embeddings, and ranking_states: a user's score of an item is their dot product, computed by
+pipeline.metrics in blocks of users and items) and its optimiser groups (each module declares its
 learning-rate group with an `lr_group` attribute; undeclared modules are in `user`).
 """
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from pipeline.models.loss import full_softmax_ce, in_batch_debiased_ce
 
@@ -50,17 +52,18 @@ class Recommender(nn.Module):
         return full_softmax_ce(states[rows], items, windows[:, 1:][rows])
 
     @torch.no_grad()
-    def item_embeddings(self, num_items: int, batch: int = 4096) -> torch.Tensor:
-        """Every item's embedding [N+1, d], row 0 = padding."""
+    def item_embeddings(self, num_items: int, batch: int = 4096, progress: str | None = None) -> torch.Tensor:
+        """Every item's embedding [N+1, d], row 0 = padding. progress: a progress bar's label."""
         batch = min([batch] + [getattr(t, "max_batch", batch) for t in self.towers.values()])
         ids = torch.arange(num_items + 1, device=self.device)
-        return torch.cat([self.embed_items(ids[i:i + batch]) for i in range(0, len(ids), batch)])
+        starts = tqdm(range(0, len(ids), batch), desc=progress, unit="batch", disable=progress is None)
+        return torch.cat([self.embed_items(ids[i:i + batch]) for i in starts])
 
     @torch.no_grad()
-    def full_sort_predict(self, item_embs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Left-padded histories [U, L] -> scores [U, N+1] of every item, from the last position's state."""
-        states = self.user_states(item_embs[inputs], inputs)[:, -1]  # [U, d]
-        return states @ item_embs.T
+    def ranking_states(self, item_embs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Left-padded histories [U, L] -> the last position's state [U, d], which scores item i
+        as <state, item_embs[i]>."""
+        return self.user_states(item_embs[inputs], inputs)[:, -1]
 
     @property
     def device(self) -> torch.device:

@@ -1,6 +1,7 @@
-"""Damaged caches, concurrent writers and broken numbers: each stops with a clear error, or is
-repaired, and never gives silent results."""
+"""Damaged caches, concurrent writers, broken numbers and oversized images: each stops with a
+clear error, or is repaired or handled, and never gives silent results."""
 import json
+import re
 import subprocess
 import sys
 
@@ -11,16 +12,17 @@ import torch
 import zarr
 from conftest import MINILM, REPO, write_sequences
 
-from pipeline.cache import CacheError, CacheMismatch, read_states
+from pipeline.backbone import LOAD_SIDE, Backbone
+from pipeline.cache import CacheError, CacheMismatch, StreamedStates, read_states
 from pipeline.config import load_config, resolve_run
-from pipeline.encode import encode
+from pipeline.encode import EncodeError, encode
 from pipeline.evaluate import evaluate
 from pipeline.models import cached
 from pipeline.train import TrainingError, train
 
 
 @pytest.fixture
-def text_run(tmp_path, item_table, monkeypatch):
+def encoded_run(tmp_path, item_table, monkeypatch):
     """An IISAN run over MiniLM titles (11 items, 30 users), its store encoded for real."""
     monkeypatch.chdir(tmp_path)
     write_sequences(tmp_path / "sequences.parquet", n_users=30)
@@ -30,8 +32,15 @@ def text_run(tmp_path, item_table, monkeypatch):
     run = resolve_run(cfg, "t", "r")
     tower = run["towers"]["text"]
     encode(item_table, tower["settings"], tower["kept_states"], tmp_path / tower["cache"], chunk_items=4)
-    train(run, item_table, tmp_path / "sequences.parquet", tmp_path / "model", progress=False)
     return run, item_table, tmp_path / "sequences.parquet", tmp_path / tower["cache"]
+
+
+@pytest.fixture
+def text_run(encoded_run, tmp_path):
+    """encoded_run, trained into tmp_path / model."""
+    run, items, sequences, _ = encoded_run
+    train(run, items, sequences, tmp_path / "model", progress=False)
+    return encoded_run
 
 
 def chunk_file(store, chunk: int):
@@ -60,15 +69,49 @@ def test_a_damaged_chunk_stops_evaluation_naming_store_and_chunk(text_run, tmp_p
     assert "Traceback" not in done.stderr
 
 
-def test_a_deleted_chunk_is_noticed(text_run, tmp_path):
-    run, items, sequences, store = text_run
+def test_a_damaged_chunk_stops_training_naming_store_and_chunk(encoded_run, tmp_path):
+    run, items, sequences, store = encoded_run
+    path = chunk_file(store, 1)
+    data = bytearray(path.read_bytes())
+    data[10:74] = bytes(64)  # 64 bytes overwritten inside the chunk
+    path.write_bytes(bytes(data))
+    cache = re.escape(run["towers"]["text"]["cache"])
+    for cache_memory_mb in (None, 0):  # read into memory, or streamed from a raw copy
+        with pytest.raises(CacheError, match=rf"{cache}: rows 4-7 \(chunk 1\) cannot be read.*delete it and encode"):
+            train(run | {"train": run["train"] | {"cache_memory_mb": cache_memory_mb}}, items, sequences,
+                  tmp_path / "damaged", progress=False)
+    assert not (tmp_path / "damaged").exists()
+    assert not list(store.parent.glob("*f16crc*"))  # no raw copy made from a damaged store, no temporary left
+
+
+def test_a_damaged_raw_copy_is_refused_naming_file_and_row(encoded_run, tmp_path):
+    run, items, sequences, store = encoded_run
+    states = read_states(run, pq.read_table(items), 0)["text"]  # makes the raw copy
+    raw = next(store.parent.glob("*.f16crc"))
+    with raw.open("r+b") as f:  # 8 bytes overwritten inside row 5
+        f.seek(5 * states.row_bytes + 100)
+        f.write(b"\x7b" * 8)
+    with pytest.raises(CacheError, match=rf"{re.escape(raw.name)}: row 5 does not match its CRC-32 .*delete it"):
+        train(run | {"train": run["train"] | {"cache_memory_mb": 0}}, items, sequences, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+    with raw.open("r+b") as f:
+        f.truncate(raw.stat().st_size - 2)
+    with pytest.raises(CacheError, match=rf"{re.escape(raw.name)} has \d+ bytes, not the"):
+        StreamedStates(raw, states.shape)
+    raw.unlink()  # as the message says: the next run makes it again, equal to the store
+    remade = read_states(run, pq.read_table(items), 0)["text"]
+    assert np.array_equal(remade[np.arange(12)], read_states(run, pq.read_table(items))["text"].numpy())
+
+
+def test_a_deleted_chunk_is_noticed(encoded_run, tmp_path):
+    run, items, sequences, store = encoded_run
     chunk_file(store, 2).unlink()  # it read back as zeros: 4 items silently zeroed
     with pytest.raises(CacheError, match="1 of its 3 chunks of states are missing on disk"):
         read_states(run, pq.read_table(items))
 
 
-def test_readers_require_a_complete_store_with_every_chunk_done(text_run):
-    run, items, _, store = text_run
+def test_readers_require_a_complete_store_with_every_chunk_done(encoded_run):
+    run, items, _, store = encoded_run
     group = zarr.open_group(str(store), mode="r+")
     group["done"][1] = False
     with pytest.raises(CacheError, match="marked complete but some chunks are not done"):
@@ -82,8 +125,8 @@ def test_readers_require_a_complete_store_with_every_chunk_done(text_run):
 @pytest.mark.parametrize("key, value", [("max_length", 12), ("weights_fingerprint", "0" * 16),
                                         ("compute_dtype", "bfloat16"), ("quantization", "bnb-8bit"),
                                         ("format_version", 2)])
-def test_a_store_encoded_with_other_settings_is_refused(text_run, key, value):
-    run, items, _, store = text_run
+def test_a_store_encoded_with_other_settings_is_refused(encoded_run, key, value):
+    run, items, _, store = encoded_run
     zarr.open_group(str(store), mode="r+").attrs[key] = value
     with pytest.raises(CacheMismatch, match=f"{key}: store has"):
         read_states(run, pq.read_table(items))
@@ -117,13 +160,24 @@ def test_two_encodes_of_one_store(item_table, tmp_path):
     assert not (tmp_path / "s.zarr.lock").exists()
 
 
-def test_a_loss_that_is_not_a_number_stops_training(text_run, tmp_path, monkeypatch):
-    run, items, sequences, _ = text_run
+def test_a_loss_that_is_not_a_number_stops_training(encoded_run, tmp_path, monkeypatch):
+    run, items, sequences, _ = encoded_run
     real = cached.CachedTower.forward
     monkeypatch.setattr(cached.CachedTower, "forward", lambda self, ids: real(self, ids) * torch.nan)
     with pytest.raises(TrainingError, match="epoch 1: the training loss is nan"):
         train(run, items, sequences, tmp_path / "nan", progress=False)
     assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_item_embeddings_that_are_not_numbers_stop_training(encoded_run, tmp_path, monkeypatch):
+    """NaN only in evaluation mode: the training loss stays finite, validation would rank NaN."""
+    run, items, sequences, _ = encoded_run
+    real = cached.CachedTower.forward
+    monkeypatch.setattr(cached.CachedTower, "forward",
+                        lambda self, ids: real(self, ids) * (1.0 if self.training else torch.nan))
+    with pytest.raises(CacheError, match="epoch 1: 11 item embeddings are not finite"):
+        train(run, items, sequences, tmp_path / "nan", progress=False)
+    assert not (tmp_path / "nan").exists()
 
 
 def test_scores_that_are_not_numbers_stop_evaluation(text_run, tmp_path, monkeypatch):
@@ -150,3 +204,31 @@ def test_a_decompression_bomb_is_an_unreadable_image_named_in_the_log(tiny_vit, 
     assert store.attrs["missing_items"] == {"no_image": 0, "unreadable": 1} and store["missing"][3] == 2
     assert f"item I2: image {bomb} is unreadable" in capfd.readouterr().out
     assert not np.asarray(store["states"][3]).any()
+
+
+
+def test_states_that_overflow_float16_stop_encode(tiny_bert, item_table, tmp_path, monkeypatch):
+    """A kept state beyond float16's range (large LLM activations) would be stored as inf."""
+    real = Backbone.forward
+
+    def huge(self, inputs):  # [B, K, D]: the second kept state (2) scaled out of float16's range
+        states = real(self, inputs)
+        return states * torch.tensor([1.0, 1e6], device=states.device).view(1, 2, 1)
+
+    monkeypatch.setattr(Backbone, "forward", huge)
+    with pytest.raises(EncodeError, match=r"items I\d+, .* and 6 more: pooled state\(s\) \[2\] are not finite"):
+        encode(item_table, tiny_bert | {"pooling": "cls", "max_length": 30}, [0, 2], tmp_path / "s.zarr", chunk_items=4)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_large_image_is_loaded_shrunk(tmp_path, suffix):
+    """A 6000 x 4000 cover comes back at most LOAD_SIDE a side, its aspect and colour kept (a JPEG
+    is decoded at a reduced scale; a PNG whole, once)."""
+    from PIL import Image
+
+    path = tmp_path / f"large.{suffix}"
+    Image.new("RGB", (6000, 4000), (200, 40, 90)).save(path)
+    image, status = Backbone.load_image({"item_id": "big", "image": str(path)})
+    assert status == "ok" and image.mode == "RGB" and image.size == (LOAD_SIDE, round(LOAD_SIDE * 2 / 3))
+    assert np.abs(np.asarray(image, dtype=int) - [200, 40, 90]).max() <= 3

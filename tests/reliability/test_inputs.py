@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import formats
 from pipeline.data import DataError
-from pipeline.prepare import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_files, prepare
+from pipeline.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES, find_files
+from pipeline.prepare import prepare
 
 HOSTILE_IDS = ["../../x", "/abs", "a/b", "a\x00b", "a\nb"]
 

@@ -1,10 +1,15 @@
 """kill -9 at seeded random moments: every stage's output is then absent or complete, never half
 written, and a rerun ends with exactly what an uninterrupted run writes.
 
-Each stage runs as its command line in a subprocess; an uninterrupted run sets the reference
-and its duration T; five runs are killed at moments drawn (seeded) from [0, T], each continuing
-whatever the last one left; a final run completes. Timing fields (seconds, peak memory) are
-the only things allowed to differ.
+Each stage runs as its command line in a subprocess; an uninterrupted run sets the reference,
+its duration T and the duration W of its work (from the moment the work visibly begins: its
+first chunk, batch or copied part written, or its progress bar printed; interpreter start-up and
+model loading are not work). Five runs are killed, each continuing whatever the last one left:
+the first three after a delay drawn from [0, W] once the run's work has begun, or from a third
+of W for a stage that resumes (encode, caption), since each later run has less left to do; the
+last ANYWHERE at a moment drawn from [0, T], start-up included. At least MID_WORK kills must land
+while the run works (the old kills mostly landed in start-up); a final run completes. Timing
+fields (seconds, peak memory) are the only things allowed to differ.
 """
 import json
 import random
@@ -25,6 +30,10 @@ from test_caption import COVER_PROMPT, tiny_llava  # noqa: F401 (fixture)
 from pipeline.config import load_config, resolve_run
 
 KILLS = 5
+ANYWHERE = 2  # the last kills, at any moment of a run; the others wait for its work to begin
+MID_WORK = 2  # kills that must land while the run works: of the three timed ones, as timings vary
+POLL = 0.01  # seconds between looks for the work's start
+LOG = "kill_test.stderr"  # a run's stderr, beside its outputs
 
 
 def run(command: list[str], cwd: Path) -> float:
@@ -35,22 +44,64 @@ def run(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def kill_at(command: list[str], cwd: Path, seconds: float) -> None:
-    """Start `command` and SIGKILL it after `seconds` (unless it finished first)."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        process.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def wrote(folder: Path, pattern: str = "*"):
+    """Work has begun once this run has written a file matching `pattern` under `folder`."""
+    def began(since: float, log: Path) -> bool:
+        try:
+            return any(f.stat().st_mtime > since for f in folder.rglob(pattern) if f.is_file())
+        except OSError:  # renamed or removed while looked at
+            return False
+    return began
 
 
-def killed_then_finished(command: list[str], cwd: Path, reference_seconds: float, seed: int, check) -> None:
-    """Five seeded kills, `check()` after each (outputs absent or whole), then a full run."""
-    moments = sorted(random.Random(seed).uniform(0, reference_seconds) for _ in range(KILLS))
-    for moment in moments:
-        kill_at(command, cwd, moment)
+def printed(text: str):
+    """Work has begun once the run's stderr shows `text` (its progress bar)."""
+    return lambda since, log: text in log.read_text(errors="replace")
+
+
+def start(command: list[str], cwd: Path, began, wait: bool = True):
+    """Start `command` and, with `wait`, wait until its work has begun (or it ended); the process
+    and a function that says whether its work has begun."""
+    since = time.time()
+    with open(cwd / LOG, "wb") as err:
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+    while wait and not began(since, cwd / LOG) and process.poll() is None:
+        time.sleep(POLL)
+    return process, lambda: began(since, cwd / LOG)
+
+
+def reference_seconds(command: list[str], cwd: Path, began) -> tuple[float, float]:
+    """Run to completion, uninterrupted: (its seconds, the seconds from its work's start to its end)."""
+    launched = time.perf_counter()
+    process, begun = start(command, cwd, began)
+    working, seen = time.perf_counter(), begun()  # now: a finished store is no longer a .partial
+    assert process.wait() == 0 and seen, (cwd / LOG).read_text()[-3000:]
+    return time.perf_counter() - launched, time.perf_counter() - working
+
+
+def killed_then_finished(command: list[str], cwd: Path, seconds: tuple[float, float], seed: int, check, began,
+                         resumes: bool, mid_work: int = MID_WORK) -> None:
+    """KILLS seeded kills (see the module's doc), `check()` after each (outputs absent or whole),
+    then a full run; at least `mid_work` kills land while the run works. A run that ends before
+    its kill must have succeeded."""
+    total, work = seconds
+    rng = random.Random(seed)
+    landed = 0
+    for kill in range(KILLS):
+        anywhere = kill >= KILLS - ANYWHERE
+        delay = rng.uniform(0, total if anywhere else work / (KILLS - ANYWHERE) if resumes else work)
+        process, begun = start(command, cwd, began, wait=not anywhere)
+        try:
+            process.wait(timeout=delay if anywhere or begun() else None)
+        except subprocess.TimeoutExpired:
+            working = begun()
+            process.kill()
+            process.wait()
+            landed += working
+        else:
+            assert process.returncode == 0, (cwd / LOG).read_text()[-3000:]
         check()
+    assert landed >= mid_work, f"only {landed} of {KILLS} kills landed while the run worked"
     run(command, cwd)
 
 
@@ -88,24 +139,45 @@ def encode_command(items: Path, out: Path, *extra) -> list[str]:
                   "--chunk-items", 8, "--sort-chunks", 2, "--threads", 1, "--out", out, *extra)
 
 
-def test_encode(catalogue, tmp_path):
-    seconds = run(encode_command(catalogue, tmp_path / "reference.zarr"), tmp_path)
+def chunk_done(out: Path):
+    """An encode's work has begun once it marks a chunk of its .partial store done."""
+    return wrote(out.with_name(out.name + ".partial") / "done" / "c")
+
+
+@pytest.fixture(scope="module")
+def reference(catalogue, tmp_path_factory) -> tuple[Path, tuple[float, float]]:
+    """An uninterrupted encode of the catalogue: its store and (seconds, seconds of its work)."""
+    folder = tmp_path_factory.mktemp("reference")
+    store = folder / "reference.zarr"
+    return store, reference_seconds(encode_command(catalogue, store), folder, chunk_done(store))
+
+
+def test_encode(catalogue, reference, tmp_path):
+    reference, seconds = reference
     out = tmp_path / "killed.zarr"
-    killed_then_finished(encode_command(catalogue, out), tmp_path, seconds, seed=1, check=whole_or_absent(out))
-    assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
+    killed_then_finished(encode_command(catalogue, out), tmp_path, seconds, seed=1, check=whole_or_absent(out),
+                         began=chunk_done(out), resumes=True)
+    assert store_bytes(out) == store_bytes(reference)
 
 
-def test_encode_shards_and_gather(catalogue, tmp_path):
-    seconds = run(encode_command(catalogue, tmp_path / "reference.zarr"), tmp_path)
+def test_encode_shards_and_gather(catalogue, reference, tmp_path):
+    reference, (total, work) = reference
     parts = [tmp_path / f"part{i}of2.zarr" for i in range(2)]
-    killed_then_finished(encode_command(catalogue, parts[0], "--shard", 0, 2), tmp_path, seconds / 2, seed=10,
-                         check=whole_or_absent(parts[0]))
+    half = (total - work / 2, work / 2)  # a shard does half the work
+    killed_then_finished(encode_command(catalogue, parts[0], "--shard", 0, 2), tmp_path, half, seed=10,
+                         check=whole_or_absent(parts[0]), began=chunk_done(parts[0]), resumes=True)
     run(encode_command(catalogue, parts[1], "--shard", 1, 2), tmp_path)
-    gather_seconds = run(encode_command(catalogue, tmp_path / "timing.zarr", "--gather", *parts), tmp_path)
+
+    def copying(out: Path):  # the gather's work: creating the store, copying the parts, finishing
+        return wrote(out.with_name(out.name + ".partial"))
+
+    timing = tmp_path / "timing.zarr"
+    gathering = reference_seconds(encode_command(catalogue, timing, "--gather", *parts), tmp_path, copying(timing))
     out = tmp_path / "gathered.zarr"
-    killed_then_finished(encode_command(catalogue, out, "--gather", *parts), tmp_path, gather_seconds, seed=20,
-                         check=whole_or_absent(out))
-    assert store_bytes(out) == store_bytes(tmp_path / "reference.zarr")
+    # The gather's work lasts tens of milliseconds after seconds of start-up: its kills may all miss it.
+    killed_then_finished(encode_command(catalogue, out, "--gather", *parts), tmp_path, gathering, seed=20,
+                         check=whole_or_absent(out), began=copying(out), resumes=False, mid_work=0)
+    assert store_bytes(out) == store_bytes(reference)
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +208,16 @@ def without_timings(log: dict) -> dict:
 
 def test_train(trained_setup):
     resolved, items, folder = trained_setup
-    seconds = run(train_command(resolved, items, folder, folder / "reference"), folder)
+    training = printed(f"train {resolved['dataset']}/{resolved['run']}")  # the epochs' bar: data and caches read
+    seconds = reference_seconds(train_command(resolved, items, folder, folder / "reference"), folder, training)
     out = folder / "killed"
 
     def check():  # the model and the log appear together, or not at all
         if (out / "train_log.json").exists():
             assert (out / "model.safetensors").exists()
 
-    killed_then_finished(train_command(resolved, items, folder, out), folder, seconds, seed=2, check=check)
+    killed_then_finished(train_command(resolved, items, folder, out), folder, seconds, seed=2, check=check,
+                         began=training, resumes=False)
     assert (out / "model.safetensors").read_bytes() == (folder / "reference" / "model.safetensors").read_bytes()
     logs = [json.loads((d / "train_log.json").read_text()) for d in (out, folder / "reference")]
     assert without_timings(logs[0]) == without_timings(logs[1])
@@ -160,7 +234,8 @@ def test_evaluate(trained_setup):
                       folder / "sequences.parquet", "--model-dir", model, "--threads", 1, "--out", folder / f"{name}.json",
                       "--per-user", folder / f"{name}.per_user.parquet", "--topk", folder / f"{name}.topk.parquet")
 
-    seconds = run(command("reference"), folder)
+    ranking = printed("rank valid")  # the model and caches loaded
+    seconds = reference_seconds(command("reference"), folder, ranking)
 
     def check():
         for suffix in (".json", ".per_user.parquet", ".topk.parquet"):
@@ -168,7 +243,7 @@ def test_evaluate(trained_setup):
             if path.exists():  # written whole under a temporary name, then renamed
                 json.loads(path.read_text()) if suffix == ".json" else pq.read_table(path)
 
-    killed_then_finished(command("killed"), folder, seconds, seed=3, check=check)
+    killed_then_finished(command("killed"), folder, seconds, seed=3, check=check, began=ranking, resumes=False)
     a, b = (json.loads((folder / f"{name}.json").read_text()) for name in ("killed", "reference"))
     assert a["metrics"] == b["metrics"] and a["metrics_repeat_aware"] == b["metrics_repeat_aware"]
     for suffix in (".per_user.parquet", ".topk.parquet"):
@@ -190,12 +265,13 @@ def test_caption(tiny_llava, tmp_path):  # noqa: F811
                       "--settings", json.dumps(tiny_llava | {"batch_size": 2, "max_new_tokens": 8}),
                       "--prompt", COVER_PROMPT, "--column", "cover_caption", "--out", tmp_path / name / "cover_caption.parquet")
 
-    seconds = run(command("reference"), tmp_path)
+    seconds = reference_seconds(command("reference"), tmp_path, wrote(tmp_path / "reference", "batch-*.parquet"))
     out = tmp_path / "killed" / "cover_caption.parquet"
 
     def check():
         if out.exists():
             assert pq.read_table(out).num_rows == 24
 
-    killed_then_finished(command("killed"), tmp_path, seconds, seed=4, check=check)
+    killed_then_finished(command("killed"), tmp_path, seconds, seed=4, check=check,
+                         began=wrote(tmp_path / "killed", "batch-*.parquet"), resumes=True)
     assert pq.read_table(out).equals(pq.read_table(tmp_path / "reference" / "cover_caption.parquet"))

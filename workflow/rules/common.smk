@@ -12,7 +12,7 @@ from pipeline.config import (
     ConfigError,
     caption_path,
     efficiency_comparison,
-    load_config,
+    load_configs,
     raw_paths,
     resolve_run,
     run_seeds,
@@ -20,14 +20,16 @@ from pipeline.config import (
 from pipeline.cache import manifest_path
 from pipeline.methods import method
 
-# Config errors name the file and line that set the key: the --configfile files (the last
-# one wins) before the Snakefile's own configfile.
+# The config is merged again from its files, the Snakefile's configfile first (unless
+# --replace-workflow-config), then the --configfile files and --config: pipeline.config.merge
+# lets an overlay's empty mapping clear one, which Snakemake's own merge ignores. Errors name the
+# file and line that set the key.
 _command_line_files = [str(f) for f in workflow.overwrite_configfiles or []]
-_config_files = [dict(workflow.config_settings.config)] + _command_line_files[::-1] + [
+_workflow_files = [] if workflow.config_settings.replace_workflow_config else [
     str(f) for f in workflow.configfiles if str(f) not in _command_line_files
 ]
 try:
-    CFG = load_config(dict(config), files=_config_files)
+    CFG = load_configs(_workflow_files + _command_line_files + [dict(workflow.config_settings.config)])
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}")
 
