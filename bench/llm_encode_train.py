@@ -12,8 +12,8 @@ Random-initialised weights of the real shapes, so nothing is downloaded:
    Each training runs in its own process (python -m pipeline.train), so peaks do not mix.
 
 Scales: `gpu` (the shapes above; needs CUDA), `cpu` (the same data, widths and depths cut down so a
-laptop finishes in minutes), `smoke` (tiny; what the test suite runs). Without ../shared/data the
-data is the synthetic demo generator's.
+laptop finishes in minutes), `smoke` (tiny; what the test suite runs). Without the Scientific files
+where overlays/shared-data.yaml says, the data is the synthetic demo generator's.
 
 Usage: python bench/llm_encode_train.py [--scale gpu|cpu|smoke] [--out DIR]
 """
@@ -34,7 +34,7 @@ import zarr
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import random_store, write_report
+from bench.common import random_store, split_files, write_report
 from pipeline import layerdrop
 from pipeline.build_encoder import build_llm
 from pipeline.cache import store_bytes
@@ -43,7 +43,6 @@ from pipeline.encode import encode
 from pipeline.prepare import prepare
 from pipeline.synth import SynthConfig, generate
 
-SCIENTIFIC = REPO.parent / "shared" / "data" / "amazon-scientific"
 SCALES = {
     "gpu": {"llm": {"layers": 32, "hidden_size": 4096, "heads": 32, "kv_heads": 8, "mlp": 14336},
             "dtype": "bfloat16", "batch_size": 256, "encode_items": None, "text_width": 8192,
@@ -77,9 +76,9 @@ def peak_flops() -> float | None:
 def tables(work: Path, scale: str, images: bool = False) -> tuple[Path, Path, str]:
     """items.parquet and sequences.parquet: Scientific when present (not at smoke scale, nor when
     images are needed: it has none offline), else the synthetic demo generator's, with covers."""
-    if scale != "smoke" and SCIENTIFIC.is_dir() and not images:
-        users, items, name = (SCIENTIFIC / "am_Industrial_and_Scientific_users.tsv",
-                              SCIENTIFIC / "Industrial_and_Scientific_items.tsv", "Amazon Scientific")
+    users, items = split_files()
+    if scale != "smoke" and users.exists() and items.exists() and not images:
+        name = "Amazon Scientific"
     else:
         n = 300 if scale == "smoke" else 2000
         users, items = work / "users.tsv", work / "items.tsv"

@@ -8,12 +8,13 @@ same blocks of users, side by side and interleaved:
 - project with a GPU's blocks (up to 1,024 users, 256 MiB of scores; what the CPU used
   before its cache-sized blocks), to show what the block size is worth.
 Cases: the Amazon Scientific split's validation users, histories and targets (read from
-../shared/data/amazon-scientific when present, else synthetic of the same size), and a
+where --overlay says, overlays/shared-data.yaml by default, when present; else synthetic of the
+same size), and a
 MicroLens-50k-sized split (50,000 users x 19,220 items, synthetic histories of 3-40 items).
 Prints users x items ranked per second for both; the last line is `ratio: <project / floor>`
 on the Scientific case.
 
-Usage: python bench/rank_throughput.py [--threads 2] [--repeats 3] [--data DIR] [--out results/bench]
+Usage: python bench/rank_throughput.py [--threads 2] [--repeats 3] [--overlay FILE] [--out results/bench]
 """
 import argparse
 import statistics
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import write_report  # noqa: E402
+from bench.common import SHARED_DATA, split_files, write_report  # noqa: E402
 from pipeline.data import EvalSplit, make_splits  # noqa: E402
 from pipeline.metrics import PROTOCOLS, rank_split, users_per_block  # noqa: E402
 from pipeline.prepare import prepare  # noqa: E402
@@ -33,13 +34,13 @@ from pipeline.prepare import prepare  # noqa: E402
 DIM, BATCH, KS = 64, 1024, [5, 10, 20]
 
 
-def scientific_split(data: Path) -> tuple[EvalSplit, int, str]:
-    users, items = data / "am_Industrial_and_Scientific_users.tsv", data / "Industrial_and_Scientific_items.tsv"
+def scientific_split(overlay: Path) -> tuple[EvalSplit, int, str]:
+    users, items = split_files(overlay)
     if users.exists() and items.exists():
         item_table, sequences, _ = prepare(users, items, None)
         splits = make_splits(sequences.column("user_id").to_pylist(), sequences.column("items").to_pylist(),
                              item_table.num_rows)
-        return splits.valid, item_table.num_rows, f"Scientific validation ({data})"
+        return splits.valid, item_table.num_rows, f"Scientific validation ({users.parent})"
     return synthetic_split(12076, 20825, 7, seed=1), 20825, "Scientific-sized synthetic (data not found)"
 
 
@@ -97,13 +98,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/amazon-scientific")
+    parser.add_argument("--overlay", type=Path, default=SHARED_DATA, help="a config overlay naming the Scientific files")
     parser.add_argument("--microlens-users", type=int, default=50000)
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    split, num_items, label = scientific_split(args.data)
+    split, num_items, label = scientific_split(args.overlay)
     rows = [measure(synthetic_split(args.microlens_users, 19220, 9), 19220, max(1, args.repeats - 2),
                     f"MicroLens-50k-sized synthetic ({args.microlens_users} users)"),
             measure(split, num_items, args.repeats, label)]
