@@ -27,7 +27,7 @@ from pipeline.item_table import run_items  # noqa: E402
 from pipeline.models import recommender  # noqa: E402
 from pipeline.models.build import build_model, make_optimizer  # noqa: E402
 
-PHASES = ("item encoder forward (SANs)", "user encoder forward", "loss", "rest of the forward", "backward", "Adam")
+PHASES = ("item encoder forward (cache reads and SANs)", "user encoder forward", "loss", "rest of the forward", "backward", "Adam")
 
 
 def timed(owner, name: str, key: str, totals: dict) -> None:
@@ -67,7 +67,8 @@ def main():
     totals = collections.defaultdict(float)
     timed(model, "embed_items", PHASES[0], totals)
     timed(model, "user_states", PHASES[1], totals)
-    timed(recommender, "in_batch_debiased_ce", PHASES[2], totals)
+    timed(recommender, "in_batch_debiased_ce", PHASES[2], totals)  # loss: in-batch
+    timed(recommender, "full_softmax_ce", PHASES[2], totals)  # loss: full (the ID baselines)
     model.train()
     batch = t["batch_size"]
     for step in range(10 + args.steps):

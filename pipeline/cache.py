@@ -197,7 +197,8 @@ def _raw_copy(store: zarr.Group, path: Path) -> Path:
         return raw
     name = Path(path).name
     for stale in Path(path).parent.glob(f"{name}.*.f16*"):  # another identity (an older store), or a .f16 without CRCs
-        stale.unlink(missing_ok=True)  # another job may be removing it too
+        if stale.name != raw.name:  # this one: another job has just renamed it into place
+            stale.unlink(missing_ok=True)  # another job may be removing it too
     for left in Path(path).parent.glob(f".{name}.*.f16*.tmp*"):  # of killed jobs: as large as the store
         if not _alive(int(left.name.rsplit(".tmp", 1)[1])):
             left.unlink(missing_ok=True)

@@ -107,8 +107,8 @@ def merge(base: dict, overlay: dict) -> dict:
     for key, value in overlay.items():
         if value and isinstance(value, dict) and isinstance(base.get(key), dict):
             merge(base[key], value)
-        else:
-            base[key] = value
+        else:  # a copy: later overlays merge into base, never into a caller's mapping
+            base[key] = copy.deepcopy(value)
     return base
 
 

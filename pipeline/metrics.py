@@ -20,8 +20,8 @@ PROTOCOLS = ("reference", "repeat_aware")
 
 # Scores of one block of users are held at once: [users, columns] float32 within this budget.
 # Whole rows ([users, N+1]) while MIN_USERS users' rows fit (every catalogue below 2^20 items);
-# beyond, MIN_USERS users against chunks of item columns, so that a catalogue of any size is
-# ranked in bounded memory.
+# beyond, MIN_USERS users (fewer, with wider chunks, when the batch is smaller) against chunks of
+# item columns, so that a catalogue of any size is ranked in bounded memory.
 BLOCK_BYTES = 256 * 2**20
 # On a CPU the comparison passes are memory-bound: a block whose scores stay in the cache
 # (a few MiB) ranked Scientific's validation 2.1x faster at 1 thread than blocks of 1,024 users
@@ -133,10 +133,10 @@ def target_scores(columns: Columns, targets: torch.Tensor, bounds) -> torch.Tens
         rows = ((targets >= lo) & (targets < hi)).nonzero()[:, 0]  # users whose target is here
         if len(rows):
             scores = columns(lo, hi).float()  # [U, hi - lo]
-            t = scores.new_empty(len(targets)) if t is None else t
+            t = scores.new_full((len(targets),), torch.nan) if t is None else t  # NaN: no chunk holds it
             here, at = rows.to(t.device), (targets[rows] - lo).to(t.device)
             t[here] = scores[here, at]
-    return t
+    return t if t is not None else torch.full((len(targets),), torch.nan)
 
 
 def chunk_counts(scores: torch.Tensor, lo: int, t: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
@@ -188,11 +188,12 @@ def rank_block(columns: Columns, targets: torch.Tensor, seen: torch.Tensor, num_
     return ranks, target_seen, top_k(scores, seen, top) if top else None
 
 
-def best_items(columns: Columns, seen: torch.Tensor, num_items: int, k: int, device="cpu"):
+def best_items(columns: Columns, seen: torch.Tensor, num_items: int, k: int):
     """The best k items (values, items) [U, min(k, N)] outside padding and the history (seen
-    [U, H]) of a block of users, a chunk of item columns at a time when their rows do not fit."""
-    best = None
-    for lo, hi in chunks(num_items, block_shape(num_items, len(seen), device)[1]):
+    [U, H]) of a block of users, a chunk of item columns at a time when their rows do not fit
+    BLOCK_BYTES."""
+    best, columns_at_once = None, max(1, BLOCK_BYTES // (4 * len(seen)))
+    for lo, hi in chunks(num_items, columns_at_once):
         scores = columns(lo, hi).float()
         best = merge_top_k(best, top_k(scores, seen.to(scores.device), k, lo), k)
         del scores  # before the next chunk is scored
@@ -208,16 +209,16 @@ class Ranking:
 
 
 def rank_split(score_fn: Callable[[np.ndarray], Columns], split, num_items: int, ks, protocols, batch: int = 1024,
-               top: int = 0, progress: str | None = None, device="cpu", chunk_items: int | None = None) -> Ranking:
+               top: int = 0, progress: str | None = None, device="cpu", chunk_columns: int | None = None) -> Ranking:
     """Rank every user of an evaluation split (pipeline.data.EvalSplit): metrics for each
     protocol and, with `top`, each user's best unseen items.
 
     score_fn: a scorer (see Columns), called on blocks of users as block_shape says, each block
-    ranked from whole rows of scores or in chunks of item columns. chunk_items: at most this many
+    ranked from whole rows of scores or in chunks of item columns. chunk_columns: at most this many
     columns at once (tests force chunks with it). progress: a progress bar's label (users/s and
     ETA), or None for none."""
     batch, chunk = block_shape(num_items, batch, device)
-    chunk = min(chunk, chunk_items or chunk)
+    chunk = min(chunk, chunk_columns or chunk)
     ranks, seen_targets, tops = [], [], []
     bar = tqdm(total=len(split.targets), unit="user", desc=progress, disable=progress is None)
     for lo in range(0, len(split.targets), batch):

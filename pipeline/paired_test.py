@@ -1,5 +1,5 @@
 """The paired t-test of two runs over the same users' metrics (pipeline.significance's command
-line, and the tables' significance marks in pipeline.report)."""
+line, and the tables' significance tests in pipeline.report)."""
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,3 @@ def paired_t_test(run_a: Path, run_b: Path, metric: str = "ndcg@10", split: str 
             "mean_a": float(x.mean()), "mean_b": float(y.mean()), "t": t, "p": p, "alpha": alpha,
             "significant": bool(p < alpha)}
 
-
-def mark(result: dict) -> str:
-    """The tables' mark: '*' where the difference is significant at alpha."""
-    return "*" if result["significant"] else ""

@@ -21,7 +21,6 @@ from pipeline.item_table import run_items
 from pipeline.methods import method
 from pipeline.metrics import best_items
 from pipeline.models.build import load_scorer, trained_run
-from pipeline.runtime import device
 
 
 def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list[dict]:
@@ -43,7 +42,7 @@ def recommend(run: dict, results: Path, history: list[str], k: int = 10) -> list
     idx = [index[i] for i in history]
     columns = score(left_pad(idx, run["train"]["max_history"])[None, :])
     seen = torch.as_tensor(seen_matrix([np.array(idx)]), dtype=torch.int64)
-    values, best = (t.cpu() for t in best_items(columns, seen, items.num_rows, k, device()))
+    values, best = (t.cpu() for t in best_items(columns, seen, items.num_rows, k))
     titles, item_ids = items.column("title").to_pylist(), items.column("item_id").to_pylist()
     return [{"rank": r, "item_id": item_ids[i - 1], "title": titles[i - 1], "score": float(v)}
             for r, (v, i) in enumerate(zip(values[0].tolist(), best[0].tolist()), start=1) if np.isfinite(v)]

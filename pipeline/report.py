@@ -22,12 +22,9 @@ from pathlib import Path
 from pipeline.files import atomic_path, read_json, write_csv, write_json
 from pipeline.paired_test import SignificanceError, paired_t_test
 from pipeline.paper import VALUES, paper_values
+from pipeline.results import ReportError
 
 METRICS = ("hr@10", "ndcg@10")
-
-
-class ReportError(ValueError):
-    pass
 
 
 def _record(label: str, group: str, dataset: str, run, ours: dict, published: dict, mean=False,

@@ -67,8 +67,8 @@ def test_the_schema_lists_exactly_the_registered_methods():
 
 
 def test_every_encoder_kind_of_the_registry_has_its_class():
-    assert set(kinds.ITEM_ENCODERS) == set(methods.ITEM_ENCODERS)
-    assert set(kinds.USER_ENCODERS) == set(methods.USER_ENCODERS)
+    assert set(kinds.ITEM_ENCODER_CLASSES) == set(methods.ITEM_ENCODERS)
+    assert set(kinds.USER_ENCODER_CLASSES) == set(methods.USER_ENCODERS)
 
 
 def test_a_new_method_is_one_registry_entry(monkeypatch):

@@ -260,7 +260,7 @@ def test_a_grown_catalogue_is_evaluated_with_its_new_items(tiny_run, tmp_path): 
             assert len(top) == sum(min(10, len(set(range(1, 9)) - set(h.tolist()))) for h in splits.test.histories)
         score = load_scorer(run, pq.read_table(grown), None, model_dir)
         whole = rank_split(score, splits.test, 11, [5, 20], PROTOCOLS, top=10)
-        chunked = rank_split(score, splits.test, 11, [5, 20], PROTOCOLS, top=10, chunk_items=3)
+        chunked = rank_split(score, splits.test, 11, [5, 20], PROTOCOLS, top=10, chunk_columns=3)
         # chunks are matmuls of other shapes: the same scores up to float32 rounding, so the same ranks
         # and top items (those that score at all: -inf ties fill the rest either way)
         finite = np.isfinite(whole.top_scores)

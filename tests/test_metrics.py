@@ -182,7 +182,7 @@ def test_item_chunks_rank_as_whole_rows_and_as_the_definition(ties):
         assert all(np.array_equal(whole.per_user[p][m], expected[m]) for m in expected)
     assert_top_is_the_definition(whole, scores, split)
     for chunk in (1, 2, 7, items):
-        chunked = rank_split(matrix_scorer(scores), split, items, ks, PROTOCOLS, batch=16, top=items, chunk_items=chunk)
+        chunked = rank_split(matrix_scorer(scores), split, items, ks, PROTOCOLS, batch=16, top=items, chunk_columns=chunk)
         assert_same_ranking(whole, chunked, exact_items=not ties)
         assert_top_is_the_definition(chunked, scores, split)
 

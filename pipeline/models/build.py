@@ -12,7 +12,7 @@ from pipeline.data import DataError
 from pipeline.methods import method
 from pipeline.models.cached import CachedTower
 from pipeline.models.item_encoder import ItemEncoderConfig, TowerShape
-from pipeline.models.kinds import ITEM_ENCODERS, USER_ENCODERS
+from pipeline.models.kinds import ITEM_ENCODER_CLASSES, USER_ENCODER_CLASSES
 from pipeline.models.recommender import Recommender
 from pipeline.models.user_encoder import UserEncoderConfig
 from pipeline.runtime import device
@@ -33,7 +33,7 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None, caches
                                  sanb_dim=t["sanb_dim"], gate_temperature=t["gate_temperature"],
                                  intra="intra" not in ablate, inter="inter" not in ablate,
                                  gated="gate" not in ablate, num_items=num_items, init=t["init"])
-    item_encoder = ITEM_ENCODERS[m.item_encoder](item_cfg)
+    item_encoder = ITEM_ENCODER_CLASSES[m.item_encoder](item_cfg)
 
     towers = nn.ModuleDict()
     if m.uncached:
@@ -49,7 +49,7 @@ def build_model(run: dict, num_items: int, items: pa.Table | None = None, caches
 
     user_cfg = UserEncoderConfig(dim=t["embed_dim"], layers=t["user_layers"], heads=t["user_heads"],
                                  max_len=t["max_history"], dropout=t["dropout"], init=t["init"])
-    return Recommender(item_encoder, USER_ENCODERS[m.user_encoder](user_cfg), towers, loss=t["loss"],
+    return Recommender(item_encoder, USER_ENCODER_CLASSES[m.user_encoder](user_cfg), towers, loss=t["loss"],
                        last_position_only=t["windows"] == "all")
 
 

@@ -4,5 +4,5 @@ from pipeline.models.gru_encoder import GRUUserEncoder
 from pipeline.models.item_encoder import FrozenItemEncoder, IDItemEncoder, IISANItemEncoder
 from pipeline.models.user_encoder import UserEncoder
 
-ITEM_ENCODERS = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder, "id": IDItemEncoder}
-USER_ENCODERS = {"sasrec": UserEncoder, "gru": GRUUserEncoder}
+ITEM_ENCODER_CLASSES = {"iisan": IISANItemEncoder, "last_state": FrozenItemEncoder, "id": IDItemEncoder}
+USER_ENCODER_CLASSES = {"sasrec": UserEncoder, "gru": GRUUserEncoder}

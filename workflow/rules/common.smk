@@ -21,11 +21,12 @@ from pipeline.cache import manifest_path
 from pipeline.methods import method
 
 # The config is merged again from its files, the Snakefile's configfile first (unless
-# --replace-workflow-config), then the --configfile files and --config: pipeline.config.merge
-# lets an overlay's empty mapping clear one, which Snakemake's own merge ignores. Errors name the
-# file and line that set the key.
+# --replace-workflow-config with an override, as Snakemake does), then the --configfile files and
+# --config: pipeline.config.merge lets an overlay's empty mapping clear one, which Snakemake's own
+# merge ignores. Errors name the file and line that set the key.
 _command_line_files = [str(f) for f in workflow.overwrite_configfiles or []]
-_workflow_files = [] if workflow.config_settings.replace_workflow_config else [
+_replaced = workflow.config_settings.replace_workflow_config and bool(workflow.config_settings.overwrite_config)
+_workflow_files = [] if _replaced else [
     str(f) for f in workflow.configfiles if str(f) not in _command_line_files
 ]
 try:
