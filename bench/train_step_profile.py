@@ -26,6 +26,7 @@ from pipeline.data import make_splits, read_sequences  # noqa: E402
 from pipeline.item_table import run_items  # noqa: E402
 from pipeline.models import recommender  # noqa: E402
 from pipeline.models.build import build_model, make_optimizer  # noqa: E402
+from pipeline.models.loss import log_popularity  # noqa: E402
 
 PHASES = ("item encoder forward (cache reads and SANs)", "user encoder forward", "loss", "rest of the forward", "backward", "Adam")
 
@@ -60,7 +61,7 @@ def main():
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"], t["windows"])
     model = build_model(run, splits.num_items, items, read_states(run, items, t["cache_memory_mb"]))
     optimizer = make_optimizer(model, t, torch.device("cpu"))
-    log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32))
+    log_pop = log_popularity(splits.item_counts)
     windows = torch.as_tensor(splits.train_windows)  # [W, L+1]
     order = torch.as_tensor(np.random.default_rng(t["seed"]).permutation(len(windows)))
 

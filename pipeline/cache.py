@@ -142,8 +142,9 @@ RAW_SUFFIX = "f16crc"  # float16 rows, then one little-endian uint32 CRC-32 per 
 
 class StreamedStates:
     """A store's states read from its raw copy (_raw_copy), a batch of rows at a time (pread of
-    contiguous runs), so that only the batch and the rows' CRCs are in memory. Every row read is
-    checked against its CRC: the copy is reused across runs and could be damaged on disk."""
+    contiguous runs), so that only the batch and the rows' CRCs are in memory. Every row is
+    checked against its CRC the first time this process reads it (the copy is reused across runs
+    and could be damaged on disk); later epochs read it again unchecked."""
 
     def __init__(self, raw: Path, shape: tuple[int, int, int]):
         self.raw, self.shape = raw, shape
@@ -155,6 +156,7 @@ class StreamedStates:
             raise CacheError(f"{raw} has {size} bytes, not the {rows_end + 4 * shape[0]} of {shape[0]} rows and their "
                              f"CRCs (truncated or damaged); delete it: the next run makes it again from the store")
         self.crcs = np.frombuffer(os.pread(self.fd, 4 * shape[0], rows_end), dtype="<u4")  # [N+1]
+        self.checked = np.zeros(shape[0], dtype=bool)  # [N+1] rows whose CRC this process has checked
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -174,12 +176,14 @@ class StreamedStates:
         return out
 
     def _check(self, block: bytes, first: int, count: int) -> None:
-        """Rows first..first+count-1, as read, against their CRCs (a short read fails too)."""
+        """Rows first..first+count-1, as read, against their CRCs (a short read fails too), each
+        row once."""
         view, size = memoryview(block), self.row_bytes
-        for j, expected in enumerate(self.crcs[first:first + count].tolist()):
-            if zlib.crc32(view[j * size:(j + 1) * size]) != expected:
+        for j in np.flatnonzero(~self.checked[first:first + count]).tolist():
+            if zlib.crc32(view[j * size:(j + 1) * size]) != self.crcs[first + j]:
                 raise CacheError(f"{self.raw}: row {first + j} does not match its CRC-32 (the copy was damaged "
                                  f"after it was made); delete it: the next run makes it again from the store")
+        self.checked[first:first + count] = True
 
     def __del__(self):
         if hasattr(self, "fd"):

@@ -32,6 +32,7 @@ from pipeline.data import DataError, make_splits, read_sequences
 from pipeline.files import atomic_path, write_csv
 from pipeline.item_table import run_items
 from pipeline.models.build import build_model, count_parameters, make_optimizer
+from pipeline.models.loss import log_popularity
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, peak_memory_bytes
 
@@ -52,7 +53,7 @@ def measure(run: dict, items_parquet: Path, sequences_parquet: Path, batch_size:
     splits = make_splits(user_ids, sequences, items.num_rows, t["max_history"], t["windows"])
     model = build_model(run, splits.num_items, items, read_states(run, items, t["cache_memory_mb"])).to(dev).train()
     optimizer = make_optimizer(model, t, dev)
-    log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
+    log_pop = log_popularity(splits.item_counts, dev)
     windows = torch.as_tensor(splits.train_windows, device=dev)
     order = torch.as_tensor(np.random.default_rng(t["seed"]).permutation(len(windows)), device=dev)
     def batch(i: int) -> torch.Tensor:  # consecutive shuffled windows, wrapping round: always full

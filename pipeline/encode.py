@@ -362,20 +362,21 @@ def _encode_window(backbone: Backbone, records: list[dict], lo: int, hi: int, wi
     if parts:
         encoded = [i for ok, _ in parts for i in ok]  # positions in window_records
         pooled = torch.cat([p for _, p in parts])  # [len(encoded), K, D] float16, on the device
-        _check_finite(pooled, [window_records[i]["item_id"] for i in encoded], backbone.states)
+        _check_finite(pooled, window_records, encoded, backbone.states)
         block[torch.as_tensor([rows[i] - lo for i in encoded])] = pooled.cpu()
     return block, codes
 
 
-def _check_finite(pooled: torch.Tensor, item_ids: list[str], kept: list[int]) -> None:
-    """Refuse pooled states [B, K, D] with NaN or inf in float16 before they are stored: readers
-    would take them as data (large LLM activations overflow float16 beyond 65504)."""
+def _check_finite(pooled: torch.Tensor, records: list[dict], encoded: list[int], kept: list[int]) -> None:
+    """Refuse pooled states [B, K, D] (row b: the item records[encoded[b]]) with NaN or inf in
+    float16 before they are stored: readers would take them as data (large LLM activations
+    overflow float16 beyond 65504)."""
     bad = ~torch.isfinite(pooled).all(dim=2)  # [B, K]
     if not bad.any():
         return
     items = bad.any(dim=1).nonzero()[:, 0].tolist()  # in batch order
     states = [kept[k] for k in bad.any(dim=0).nonzero()[:, 0].tolist()]
-    named = ", ".join(item_ids[b] for b in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    named = ", ".join(records[encoded[b]]["item_id"] for b in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
     raise EncodeError(f"items {named}: pooled state(s) {states} are not finite in float16 (NaN, or beyond +-65504 "
                       f"as large LLM activations can be); the store keeps float16: keep other states or another "
                       f"pooling, or, if the encoder computes in float16, use dtype bfloat16 or float32")

@@ -27,6 +27,7 @@ from pipeline.files import atomic_path, write_json
 from pipeline.item_table import run_items
 from pipeline.metrics import rank_split
 from pipeline.models.build import build_model, count_parameters, make_optimizer, model_scorer
+from pipeline.models.loss import log_popularity
 from pipeline.models.recommender import train_step
 from pipeline.runtime import device, device_name, parse_run_arguments, peak_memory_bytes, run_arguments
 
@@ -70,7 +71,7 @@ def train(run: dict, items_parquet: Path, sequences_parquet: Path, out_dir: Path
     optimizer = make_optimizer(model, t, dev)
     steps_per_epoch = math.ceil(len(splits.train_windows) / t["batch_size"])
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(t, steps_per_epoch))
-    log_pop = torch.log(torch.as_tensor(np.maximum(splits.item_counts, 1), dtype=torch.float32, device=dev))
+    log_pop = log_popularity(splits.item_counts, dev)
     windows = torch.as_tensor(splits.train_windows, device=dev)
     valid_split = splits.valid.sample(t["validate_users"], t["seed"])
 

@@ -1,7 +1,13 @@
 """Training losses: in-batch debiased cross-entropy (paper eq. 6-7) and the full softmax over
 the catalogue (RecBole's CE), computed in chunks of items."""
+import numpy as np
 import torch
 from torch.nn import functional as F
+
+
+def log_popularity(item_counts, device=None) -> torch.Tensor:
+    """log of each item's training count [N+1] (at least 1): the in-batch loss's debiasing term."""
+    return torch.log(torch.as_tensor(np.maximum(item_counts, 1), dtype=torch.float32, device=device))
 
 
 def in_batch_debiased_ce(user_states: torch.Tensor, item_embs: torch.Tensor, window: torch.Tensor,
