@@ -5,14 +5,17 @@ Each stage runs as its command line in a subprocess; an uninterrupted run sets t
 its duration T and the duration W of its work (from the moment the work visibly begins: its
 first chunk, batch or copied part written, or its progress bar printed; interpreter start-up and
 model loading are not work). Five runs are killed, each continuing whatever the last one left:
-the first three after a delay drawn from [0, W] once the run's work has begun, or from a third
-of W for a stage that resumes (encode, caption), since each later run has less left to do; the
-last ANYWHERE at a moment drawn from [0, T], start-up included. At least MID_WORK kills must land
-while the run works (the old kills mostly landed in start-up); a final run completes. Timing
-fields (seconds, peak memory) are the only things allowed to differ.
+the first three after a delay drawn from [0, 0.8 W] once the run's work has begun (a run a little
+faster than the reference is still killed at work; the anywhere kills reach the rest), or from a
+sixth of W for a stage that resumes (encode, caption), since each later run has less left to do
+and first finishes the unit (window, batch) whose file says it has begun; the last ANYWHERE at
+a moment drawn from [0, T], start-up included. At least MID_WORK kills must land while the run
+works (the old kills mostly landed in start-up); a final run completes. Timing fields (seconds,
+peak memory) are the only things allowed to differ.
 """
 import json
 import random
+import stat
 import subprocess
 import sys
 import time
@@ -48,10 +51,20 @@ def wrote(folder: Path, pattern: str = "*"):
     """Work has begun once this run has written a file matching `pattern` under `folder`."""
     def began(since: float, log: Path) -> bool:
         try:
-            return any(f.stat().st_mtime > since for f in folder.rglob(pattern) if f.is_file())
-        except OSError:  # renamed or removed while looked at
+            return any(modified_since(f, since) for f in folder.rglob(pattern))
+        except OSError:  # a folder renamed or removed while walked (the store's final move)
             return False
     return began
+
+
+def modified_since(path: Path, since: float) -> bool:
+    """A plain file modified after `since`; False for one renamed away while looked at (zarr writes
+    each chunk to a temporary file and renames it)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_mtime > since
 
 
 def printed(text: str):
@@ -62,12 +75,17 @@ def printed(text: str):
 def start(command: list[str], cwd: Path, began, wait: bool = True):
     """Start `command` and, with `wait`, wait until its work has begun (or it ended); the process
     and a function that says whether its work has begun."""
-    since = time.time()
+    since, seen = time.time(), [False]
     with open(cwd / LOG, "wb") as err:
         process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-    while wait and not began(since, cwd / LOG) and process.poll() is None:
+
+    def begun() -> bool:  # latched: a look that races a file's rename or the store's final move
+        seen[0] = seen[0] or began(since, cwd / LOG)  # must not un-begin the work
+        return seen[0]
+
+    while wait and not begun() and process.poll() is None:
         time.sleep(POLL)
-    return process, lambda: began(since, cwd / LOG)
+    return process, begun
 
 
 def reference_seconds(command: list[str], cwd: Path, began) -> tuple[float, float]:
@@ -89,7 +107,7 @@ def killed_then_finished(command: list[str], cwd: Path, seconds: tuple[float, fl
     landed = 0
     for kill in range(KILLS):
         anywhere = kill >= KILLS - ANYWHERE
-        delay = rng.uniform(0, total if anywhere else work / (KILLS - ANYWHERE) if resumes else work)
+        delay = rng.uniform(0, total if anywhere else work / (2 * (KILLS - ANYWHERE)) if resumes else 0.8 * work)
         process, begun = start(command, cwd, began, wait=not anywhere)
         try:
             process.wait(timeout=delay if anywhere or begun() else None)
